@@ -1,0 +1,59 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Both install what is missing (Debian packages, then .venv) and are safe to
+# run again: each step checks before it acts.
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+MOUNTPOINT  ?= /mnt/zramfs
+# fuse3/libfuse3-dev/pkg-config/gcc build pyfuse3 and our fallocate shim;
+# the rest are the tools the three user paths (and the tests) drive for real.
+APT_PKGS    := fuse3 libfuse3-dev pkg-config gcc util-linux e2fsprogs xfsprogs btrfs-progs fio
+
+.PHONY: run test deps venv lint umount clean
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@modprobe fuse 2>/dev/null || true
+	@modprobe loop 2>/dev/null || true
+
+$(BIN)/zramfs: pyproject.toml setup.py src/zramfs/_fallocate.c | deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $@
+
+venv: deps $(BIN)/zramfs
+
+run: venv
+	@if grep -q " $(MOUNTPOINT) fuse.zramfs " /proc/mounts; then \
+	    echo "zramfs is already mounted at $(MOUNTPOINT)"; \
+	else \
+	    $(BIN)/zramfs mount $(MOUNTPOINT); \
+	fi
+	@$(BIN)/zramfs status $(MOUNTPOINT)
+	@echo
+	@echo "Next steps (as root):"
+	@echo "  swap:        dev=\$$(losetup -f --show --direct-io=on $(MOUNTPOINT)/zram0/image); mkswap \$$dev; swapon --discard \$$dev"
+	@echo "  filesystem:  dev=\$$(losetup -f --show --direct-io=on $(MOUNTPOINT)/zram0/image); mkfs.ext4 \$$dev; mount -o discard \$$dev /mnt/somewhere"
+	@echo "  statistics:  cat $(MOUNTPOINT)/zram0/stats"
+	@echo "  stop:        $(BIN)/zramfs umount $(MOUNTPOINT)"
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+umount:
+	$(BIN)/zramfs umount $(MOUNTPOINT)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/zramfs/*.so

@@ -1,0 +1,29 @@
+"""Build step for the one piece of C in zramfs: the fallocate shim.
+
+pyfuse3 registers no fallocate handler, so without help the kernel's
+FALLOC_FL_PUNCH_HOLE (which the loop driver sends for discard) is answered
+EOPNOTSUPP and never reaches the daemon.  `_fallocate.c` is built as a plain
+shared library (it is loaded with ctypes, never imported) and adds the
+handler; see src/zramfs/fallocate.py.
+"""
+
+import subprocess
+
+from setuptools import Extension, setup
+
+
+def pkg_config(*args: str) -> list[str]:
+    out = subprocess.run(["pkg-config", *args, "fuse3"], check=True, capture_output=True, text=True)
+    return out.stdout.split()
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "zramfs._fallocate",
+            sources=["src/zramfs/_fallocate.c"],
+            extra_compile_args=pkg_config("--cflags") + ["-O2", "-Wall"],
+            extra_link_args=pkg_config("--libs") + ["-ldl"],
+        )
+    ]
+)

@@ -1,0 +1,1 @@
+"""zramfs: the kernel's zram in user space."""

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h> /* FOPEN_* and struct fuse_open_out: the kernel's own ABI */
 
 typedef int (*zramfs_fallocate_cb)(uint64_t ino, int mode, int64_t offset, int64_t length,
                                    uint64_t fh);
@@ -71,6 +72,52 @@ static void zramfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off
     fuse_reply_err(req, ret);
 }
 
+/*
+ * pyfuse3's FileInfo cannot ask for FOPEN_PARALLEL_DIRECT_WRITES (nor can
+ * libfuse 3.14's fuse_file_info), and without it the kernel takes the inode
+ * lock exclusively for every direct write: one write in flight per image,
+ * whatever queue depth the loop device has.  Our zram pages are independent
+ * and each request's commit is atomic on the trio thread, so concurrent
+ * writes are safe.  This definition takes the place of libfuse's (as
+ * fuse_session_new above does) and sends the same reply with that bit added
+ * for direct-I/O files.
+ */
+int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
+{
+    struct fuse_open_out arg;
+
+    memset(&arg, 0, sizeof(arg));
+    arg.fh = fi->fh;
+    if (fi->direct_io)
+        arg.open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+    if (fi->keep_cache)
+        arg.open_flags |= FOPEN_KEEP_CACHE;
+    if (fi->nonseekable)
+        arg.open_flags |= FOPEN_NONSEEKABLE;
+    if (fi->cache_readdir)
+        arg.open_flags |= FOPEN_CACHE_DIR;
+    if (fi->noflush)
+        arg.open_flags |= FOPEN_NOFLUSH;
+    return fuse_reply_buf(req, (const char *)&arg, sizeof(arg));
+}
+
+/*
+ * The kernel lets 12 background requests (the async direct I/O a loop
+ * device sends) be in flight per connection unless the daemon asks for more
+ * at INIT; a loop device at queue depth 16 or more would queue in the kernel.
+ */
+#define ZRAMFS_MAX_BACKGROUND 64
+
+static void (*pyfuse3_init)(void *userdata, struct fuse_conn_info *conn);
+
+static void zramfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+    if (pyfuse3_init)
+        pyfuse3_init(userdata, conn);
+    conn->max_background = ZRAMFS_MAX_BACKGROUND;
+    conn->congestion_threshold = ZRAMFS_MAX_BACKGROUND * 3 / 4;
+}
+
 struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
                                       size_t op_size, void *userdata)
 {
@@ -90,6 +137,8 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     memset(&ops, 0, sizeof(ops));
     memcpy(&ops, op, op_size < sizeof(ops) ? op_size : sizeof(ops));
     ops.fallocate = zramfs_fallocate;
+    pyfuse3_init = ops.init;
+    ops.init = zramfs_init;
     sessions_hooked++;
 
     /* Our struct matches the libfuse we were built against. */

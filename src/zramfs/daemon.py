@@ -1,0 +1,138 @@
+"""The daemon process: harden it for swap, mount, serve until told to stop, unmount.
+
+A swap device served from user space must not need memory to give memory
+back (NOTES.md section 4), so before it serves the daemon locks its memory
+(mlockall with MCL_ONFAULT: pages are pinned as they are touched, so the
+pool's accounting stays honest) and marks itself an I/O flusher
+(PR_SET_IO_FLUSHER), which keeps its own allocations from recursing into
+reclaim.  SIGTERM and SIGINT unmount cleanly unless an image is in use, in
+which case the daemon says what holds it and keeps serving: stopping would
+turn every I/O of the holder into an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import fallocate
+from .device import DeviceTable
+from .holders import holders_under
+
+log = logging.getLogger(__name__)
+
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+PR_SET_IO_FLUSHER = 57
+RUN_DIR = "/run/zramfs"
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """What `zramfs mount` asks for."""
+
+    devices: int = 1
+    disksize: int = 0
+    algorithm: str = "lz4"
+    mem_limit: int = 0
+    allow_other: bool = False
+    lock_memory: bool = True
+
+
+def pidfile_path(mountpoint: str) -> str:
+    """/run/zramfs/<mount point with / as ->.pid, where the CLI finds the daemon."""
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+    return os.path.join(RUN_DIR, f"{name}.pid")
+
+
+def harden() -> None:
+    """Lock memory and become an I/O flusher; warn (not fail) where the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        log.warning("mlockall failed: %s", os.strerror(ctypes.get_errno()))
+    if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
+        log.warning("PR_SET_IO_FLUSHER failed: %s", os.strerror(ctypes.get_errno()))
+
+
+def build_table(config: MountConfig) -> DeviceTable:
+    table = DeviceTable()
+    for _ in range(config.devices):
+        device = table.hot_add()
+        device.configure(config.disksize, config.algorithm, config.mem_limit)
+    return table
+
+
+def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> None:
+    """Mount at `mountpoint` and serve until unmounted or stopped by a signal.
+
+    `ready` is called once the mount is live.  Raises on set-up failure, before
+    `ready`, so the caller can report it.
+    """
+    fallocate.install()  # must precede the first import of pyfuse3
+    import pyfuse3
+    import trio
+
+    from .fs import ZramOperations, open_images
+
+    table = build_table(config)  # validates size/algorithm before anything is mounted
+    if config.lock_memory:
+        harden()
+    ops = ZramOperations(table)
+    fallocate.set_handler(ops.fallocate)
+    options = {"fsname=zramfs", "subtype=zramfs", "default_permissions"}
+    if config.allow_other:
+        options.add("allow_other")
+    pyfuse3.init(ops, mountpoint, options)
+    pidfile = pidfile_path(mountpoint)
+    os.makedirs(RUN_DIR, exist_ok=True)
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                busy = open_images(table)
+                if not busy:
+                    log.info("%s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+                held = ", ".join(h.describe() for h in holders_under(mountpoint))
+                names = ", ".join(f"{d.name} (opened {d.open_count}x)" for d in busy)
+                log.warning(
+                    "%s ignored: images in use: %s%s; still serving",
+                    signal.Signals(signum).name,
+                    names,
+                    f"; held by {held}" if held else "",
+                )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    unmounted = False
+    try:
+        trio.run(main)
+    except BaseException:
+        log.exception("main loop failed")
+        raise
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+            unmounted = True
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                log.warning("unmount: %s", exc)
+        for device in table:
+            device.reset()
+        try:
+            os.unlink(pidfile)
+        except FileNotFoundError:
+            pass
+        log.info("stopped%s", "" if unmounted else " (mount already gone)")

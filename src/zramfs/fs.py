@@ -1,0 +1,396 @@
+"""The FUSE shell: pyfuse3 Operations that turn requests into core calls.
+
+The tree mirrors /sys/block/zramN and /sys/class/zram-control: the root holds
+`hot_add`, `hot_remove` and one directory per device, each with its `image`
+(the device as a sparse file), a human-readable `stats` and the kernel's
+control files.  This class is the one place where exceptions become errnos
+(s3ql's rule): a ControlError carries the kernel's errno, a MemLimitExceeded
+becomes EIO as the block layer would see it, and anything unexpected is
+logged and answered EIO without taking the daemon down.  Image requests of
+many pages compress and decompress on worker threads; the state change that
+follows runs on the trio thread with no await in between, so each request's
+commit is atomic with respect to every other request.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+import trio
+
+from .device import ControlError, DeviceTable, ZramDevice
+from .fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from .pagestore import PAGE_SIZE, MemLimitExceeded, OutOfRange, PageCorrupt
+from .report import render_stats
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+HOT_ADD_INODE = ROOT_INODE + 1
+HOT_REMOVE_INODE = ROOT_INODE + 2
+# Device N owns inodes DEV_BASE + N*DEV_SPAN ... + DEV_SPAN-1: its directory, then its files.
+DEV_BASE = 0x1000
+DEV_SPAN = 0x100
+DEVICE_FILES: tuple[str, ...] = ("image", "stats", *ZramDevice.ATTRIBUTES)
+FILE_MODES: dict[str, int] = {"image": 0o600, "stats": 0o444, **ZramDevice.ATTRIBUTES}
+# sysfs files claim one page; readers stop at the first short read.
+CONTROL_FILE_SIZE = 4096
+# A request at least this large (de)compresses on a worker thread; smaller ones cost
+# less than the hand-off (measured in benchmarks/README.md).
+THREAD_THRESHOLD = 128 * 1024
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def errno_boundary(fn: _F) -> _F:
+    """Turn every exception out of a handler into a FUSEError with the right errno."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: ZramOperations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            raise pyfuse3.FUSEError(errno_of(exc, fn.__name__)) from None
+
+    return cast(_F, wrapper)
+
+
+def errno_of(exc: BaseException, where: str) -> int:
+    """The errno a core exception answers with; unexpected ones are logged and EIO."""
+    if isinstance(exc, MemLimitExceeded):
+        return errno.EIO  # the block layer sees a failed write, as with the kernel's zram
+    if isinstance(exc, PageCorrupt):
+        log.warning("%s: %s", where, exc)  # data damage: worth a line, not a traceback
+        return errno.EIO
+    if isinstance(exc, ControlError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, OutOfRange):
+        return errno.EINVAL
+    log.error("unexpected error in %s", where, exc_info=exc)
+    return errno.EIO
+
+
+@dataclass
+class OpenFile:
+    """What a file handle refers to, plus the seq_file-like snapshot of a control read."""
+
+    inode: int
+    device: ZramDevice | None
+    name: str
+    snapshot: bytes = b""
+
+
+class ZramOperations(pyfuse3.Operations):
+    """pyfuse3 request handlers over a DeviceTable."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, table: DeviceTable, *, threads: int = 2) -> None:
+        super().__init__()
+        self.table = table
+        self._files: dict[int, OpenFile] = {}
+        self._next_fh = 1
+        self._limiter = trio.CapacityLimiter(threads)
+        self._mount_ns = time.time_ns()
+        # Device ids are reused after hot_remove; the generation tells the kernel
+        # that an inode number now names another object.
+        self._generation: dict[int, int] = {}
+        self._generation_serial = 0
+        for device in table:
+            self._note_added(device)
+
+    # -- inode naming ---------------------------------------------------------------
+
+    def _note_added(self, device: ZramDevice) -> None:
+        self._generation_serial += 1
+        self._generation[device.dev_id] = self._generation_serial
+
+    @staticmethod
+    def dir_inode(dev_id: int) -> int:
+        return DEV_BASE + dev_id * DEV_SPAN
+
+    def _resolve(self, inode: int) -> tuple[ZramDevice | None, str]:
+        """Map an inode to (device, file name); name '' is the device's directory."""
+        if inode == ROOT_INODE:
+            return None, "/"
+        if inode == HOT_ADD_INODE:
+            return None, "hot_add"
+        if inode == HOT_REMOVE_INODE:
+            return None, "hot_remove"
+        if inode >= DEV_BASE:
+            dev_id, index = divmod(inode - DEV_BASE, DEV_SPAN)
+            device = self.table.get(dev_id)
+            if device is not None and index <= len(DEVICE_FILES):
+                return device, "" if index == 0 else DEVICE_FILES[index - 1]
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        device, name = self._resolve(inode)
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.generation = self._generation.get(device.dev_id, 0) if device else 0
+        a.entry_timeout = 0
+        a.attr_timeout = 0
+        a.st_uid = 0
+        a.st_gid = 0
+        a.st_blksize = PAGE_SIZE
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._mount_ns
+        if name in ("/", ""):
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_nlink = 2 + (len(self.table) if name == "/" else 0)
+            a.st_size = 0
+        elif name == "image":
+            assert device is not None
+            a.st_mode = stat.S_IFREG | FILE_MODES["image"]
+            a.st_nlink = 1
+            a.st_size = device.disksize
+            used = device.store.statistics().mem_used_total if device.store else 0
+            a.st_blocks = used // 512
+        else:
+            # fix (tests/test_reliability_security.py): hot_add was 0444, so with --allow-other
+            # any user could create devices just by reading it.  The kernel makes it 0400
+            # (zram_drv.c: "This attribute must be set to 0400") for that reason.
+            mode = {"hot_add": 0o400, "hot_remove": 0o200}.get(name) or FILE_MODES[name]
+            a.st_mode = stat.S_IFREG | mode
+            a.st_nlink = 1
+            a.st_size = CONTROL_FILE_SIZE
+        return a
+
+    def _children(self, inode: int) -> list[tuple[str, int]]:
+        device, name = self._resolve(inode)
+        if name == "/":
+            entries = [("hot_add", HOT_ADD_INODE), ("hot_remove", HOT_REMOVE_INODE)]
+            entries += [(d.name, self.dir_inode(d.dev_id)) for d in self.table]
+            return entries
+        if name == "" and device is not None:
+            base = self.dir_inode(device.dev_id)
+            return [(n, base + 1 + i) for i, n in enumerate(DEVICE_FILES)]
+        raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    # -- metadata ---------------------------------------------------------------------
+
+    @errno_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        if text == ".":
+            return self._attrs(parent_inode)
+        if text == "..":
+            return self._attrs(ROOT_INODE)
+        for child, inode in self._children(parent_inode):
+            if child == text:
+                return self._attrs(inode)
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    @errno_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(inode)
+
+    @errno_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        device, name = self._resolve(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise pyfuse3.FUSEError(errno.EPERM)  # modes are fixed: root's files only
+        if fields.update_size:
+            # O_TRUNC on a control file (echo > file) or on the image (dd without
+            # conv=notrunc) is ignored, as on sysfs and block devices; a real resize is not.
+            if name in ("/", "") or (
+                name == "image" and attr.st_size not in (0, device.disksize if device else 0)
+            ):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+        return self._attrs(inode)
+
+    @errno_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self._children(inode)  # ENOTDIR/ENOENT check
+        return inode
+
+    @errno_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._children(fh)
+        for index in range(start_id, len(entries)):
+            name, inode = entries[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(inode), index + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    @errno_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        total = sum(d.disksize for d in self.table) // PAGE_SIZE
+        used = sum(d.store.statistics().pages_stored for d in self.table if d.store)
+        s.f_bsize = s.f_frsize = PAGE_SIZE
+        s.f_blocks = total
+        s.f_bfree = s.f_bavail = max(total - used, 0)
+        s.f_files = s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- open / release -------------------------------------------------------------------
+
+    @errno_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        device, name = self._resolve(inode)
+        if name in ("/", ""):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        accmode = flags & os.O_ACCMODE
+        wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
+        wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
+        if name != "image":
+            readable = name in ("hot_add", "stats") or (
+                device is not None and device.readable(name)
+            )
+            writable = name == "hot_remove" or (device is not None and device.writable(name))
+            if (wants_read and not readable) or (wants_write and not writable):
+                raise pyfuse3.FUSEError(errno.EACCES)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = OpenFile(inode, device, name)
+        if name == "image":
+            assert device is not None
+            device.open_count += 1
+        # direct_io: no page cache for any file.  For the image this is what keeps
+        # uncompressed copies out of memory whatever mode the loop device runs in;
+        # for control files it makes every read reach the daemon, as on sysfs.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    async def release(self, fh: int) -> None:
+        f = self._files.pop(fh, None)
+        if f is not None and f.name == "image" and f.device is not None:
+            f.device.open_count -= 1
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        pass  # every write is in the store when it is answered
+
+    def _file(self, fh: int) -> OpenFile:
+        f = self._files.get(fh)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return f
+
+    # -- data -------------------------------------------------------------------------------
+
+    @errno_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        f = self._file(fh)
+        if f.name == "image":
+            return await self._read_image(f, off, size)
+        if off == 0:  # like seq_file: render at the first read, serve the rest from it
+            f.snapshot = self._render(f)
+        return f.snapshot[off : off + size]
+
+    async def _read_image(self, f: OpenFile, off: int, size: int) -> bytes:
+        device = f.device
+        assert device is not None
+        store = device.store
+        if store is None or off >= device.disksize:
+            return b""
+        size = min(size, device.disksize - off)
+        if size < THREAD_THRESHOLD:
+            return store.read(off, size)
+        pending = store.fetch(off, size)
+        return await trio.to_thread.run_sync(store.finish_read, pending, limiter=self._limiter)
+
+    @errno_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        f = self._file(fh)
+        if f.name == "image":
+            return await self._write_image(f, off, buf)
+        if f.name == "hot_remove":
+            removed = self.table.hot_remove(buf)
+            self._generation.pop(removed.dev_id, None)
+            pyfuse3.invalidate_entry_async(ROOT_INODE, os.fsencode(removed.name))
+        elif f.device is not None:
+            f.device.write_attr(f.name, buf)
+        else:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        return len(buf)
+
+    async def _write_image(self, f: OpenFile, off: int, buf: bytes) -> int:
+        device = f.device
+        assert device is not None
+        store = device.store
+        if store is None or off >= device.disksize:
+            raise pyfuse3.FUSEError(errno.ENOSPC)  # as a write past a block device's end
+        data: bytes | memoryview = buf
+        if off + len(buf) > device.disksize:
+            data = memoryview(buf)[: device.disksize - off]
+        if len(data) < THREAD_THRESHOLD:
+            store.write(off, data)
+        else:
+            prepared = await trio.to_thread.run_sync(
+                store.prepare_write, off, data, limiter=self._limiter
+            )
+            # The store cannot have been replaced during the await: reset and
+            # hot_remove answer EBUSY while this image is open, and it is (fh).
+            # commit_write runs with no await, so it is atomic among requests.
+            store.commit_write(prepared)
+        return len(data)
+
+    def fallocate(self, inode: int, mode: int, off: int, length: int, fh: int) -> int:
+        """The fallocate shim's callback (synchronous, on the trio thread); returns an errno."""
+        try:
+            device, name = self._resolve(inode)
+            if name != "image" or device is None:
+                return errno.EOPNOTSUPP
+            if off < 0 or length <= 0:
+                return errno.EINVAL
+            if not mode & FALLOC_FL_KEEP_SIZE and off + length > device.disksize:
+                return errno.EOPNOTSUPP  # the image's size is the device's: it cannot grow
+            store = device.store
+            if store is None:
+                return errno.ENOSPC
+            end = min(off + length, device.disksize)
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                if off < end:
+                    store.discard(off, end - off)
+                return 0
+            return 0  # plain allocation: a sparse image allocates memory on write
+        except pyfuse3.FUSEError as exc:
+            return int(exc.errno)
+        except Exception as exc:  # noqa: BLE001 - this is the boundary for fallocate
+            return errno_of(exc, "fallocate")
+
+    # -- control rendering -------------------------------------------------------------
+
+    def _render(self, f: OpenFile) -> bytes:
+        if f.name == "hot_add":
+            added = self.table.hot_add()
+            self._note_added(added)
+            return f"{added.dev_id}\n".encode()
+        device = f.device
+        if device is None or self.table.get(device.dev_id) is not device:
+            raise pyfuse3.FUSEError(errno.ENODEV)
+        if f.name == "stats":
+            return render_stats(device.statistics()).encode()
+        return device.read_attr(f.name)
+
+
+def open_images(table: DeviceTable) -> Sequence[ZramDevice]:
+    """Devices whose image is open (by a loop device or anyone else)."""
+    return [d for d in table if d.open_count > 0]

@@ -207,13 +207,19 @@ def _wait_gone(mountpoint: str, pid: int | None, timeout: float) -> bool:
     return False
 
 
+FUSECTL = "/sys/fs/fuse/connections"
+
+
 def _fuse_connection(mountpoint: str) -> str | None:
     """/sys/fs/fuse/connections/N for the mount (N is the minor of its st_dev)."""
+    if os.path.isdir(FUSECTL) and not os.path.ismount(FUSECTL):
+        # The control filesystem is not always mounted (it is here); abort needs it.
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], check=False)
     for line in open("/proc/self/mountinfo"):
         parts = line.split()
         if parts[4] == mountpoint and " - fuse.zramfs " in line:
             minor = parts[2].split(":")[1]
-            return f"/sys/fs/fuse/connections/{minor}"
+            return f"{FUSECTL}/{minor}"
     return None
 
 

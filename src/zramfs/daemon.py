@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 PR_SET_IO_FLUSHER = 57
 RUN_DIR = "/run/zramfs"
+RELEASE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> No
     import pyfuse3
     import trio
 
+    from . import fastloop
     from .fs import ZramOperations, open_images
 
     table = build_table(config)  # validates size/algorithm before anything is mounted

@@ -6,10 +6,11 @@ The tree mirrors /sys/block/zramN and /sys/class/zram-control: the root holds
 control files.  This class is the one place where exceptions become errnos
 (s3ql's rule): a ControlError carries the kernel's errno, a MemLimitExceeded
 becomes EIO as the block layer would see it, and anything unexpected is
-logged and answered EIO without taking the daemon down.  Image requests of
-many pages compress and decompress on worker threads; the state change that
-follows runs on the trio thread with no await in between, so each request's
-commit is atomic with respect to every other request.
+logged and answered EIO without taking the daemon down.  Image requests run
+inline on the trio thread, except large ones with a slow codec, which compress
+or decompress on worker threads; the state change that follows runs on the
+trio thread with no await in between, so each request's commit is atomic with
+respect to every other request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
+from .codecs import Codec
 from .device import ControlError, DeviceTable, ZramDevice
 from .fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from .pagestore import PAGE_SIZE, MemLimitExceeded, OutOfRange, PageCorrupt
@@ -44,9 +46,29 @@ DEVICE_FILES: tuple[str, ...] = ("image", "stats", *ZramDevice.ATTRIBUTES)
 FILE_MODES: dict[str, int] = {"image": 0o600, "stats": 0o444, **ZramDevice.ATTRIBUTES}
 # sysfs files claim one page; readers stop at the first short read.
 CONTROL_FILE_SIZE = 4096
-# A request at least this large (de)compresses on a worker thread; smaller ones cost
-# less than the hand-off (measured in benchmarks/README.md).
+# A request at least this large (de)compresses on a worker thread, but only with a codec
+# slow enough for that to pay (_threaded_writes/_threaded_reads).  Python code holds the GIL
+# for a few microseconds around every page's library call, so with a fast codec the worker
+# and the trio thread mostly wait for each other: measured on 2 cores with fio, lz4 1 MiB
+# writes went from ~490 to ~650 MiB/s and reads from ~600 to ~830 MiB/s done inline, zstd
+# reads from 660 to 1180 (benchmarks/README.md, "Where the time goes").  Small requests are
+# always inline.
 THREAD_THRESHOLD = 128 * 1024
+
+
+def _threaded_writes(codec: Codec) -> bool:
+    """Whether compressing a large write on a worker thread beats doing it inline: for
+    codecs that spend over ~10 us a page inside the library, with the GIL released (zstd
+    ~19, lz4hc ~38, deflate ~92 on /usr/lib; zstd broke even on fio's data at ~10), not lz4
+    (~6.5)."""
+    return codec.name != "lz4"
+
+
+def _threaded_reads(codec: Codec) -> bool:
+    """The same for decompression: only deflate is slow enough (~15 us a page; zstd ~7,
+    lz4 and lz4hc ~2)."""
+    return codec.name == "deflate"
+
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
@@ -295,32 +317,68 @@ class ZramOperations(pyfuse3.Operations):
 
     # -- data -------------------------------------------------------------------------------
 
-    @errno_boundary
+    # read() and write() are the hot path: they hold the errno boundary themselves (the
+    # same rule as @errno_boundary, via errno_of) and serve the image without further
+    # coroutines, since each coroutine layer costs about a microsecond per request.
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        f = self._file(fh)
-        if f.name == "image":
-            return await self._read_image(f, off, size)
+        try:
+            f = self._file(fh)
+            if f.name != "image":
+                return self._read_control(f, off, size)
+            device = f.device
+            assert device is not None
+            store = device.store
+            disksize = device.disksize
+            if store is None or off >= disksize:
+                return b""
+            if off + size > disksize:
+                size = disksize - off
+            if size < THREAD_THRESHOLD or not _threaded_reads(store.codec):
+                return store.read(off, size)
+            pending = store.fetch(off, size)
+            return await trio.to_thread.run_sync(store.finish_read, pending, limiter=self._limiter)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            raise pyfuse3.FUSEError(errno_of(exc, "read")) from None
+
+    def _read_control(self, f: OpenFile, off: int, size: int) -> bytes:
         if off == 0:  # like seq_file: render at the first read, serve the rest from it
             f.snapshot = self._render(f)
         return f.snapshot[off : off + size]
 
-    async def _read_image(self, f: OpenFile, off: int, size: int) -> bytes:
-        device = f.device
-        assert device is not None
-        store = device.store
-        if store is None or off >= device.disksize:
-            return b""
-        size = min(size, device.disksize - off)
-        if size < THREAD_THRESHOLD:
-            return store.read(off, size)
-        pending = store.fetch(off, size)
-        return await trio.to_thread.run_sync(store.finish_read, pending, limiter=self._limiter)
-
-    @errno_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        f = self._file(fh)
-        if f.name == "image":
-            return await self._write_image(f, off, buf)
+        try:
+            f = self._file(fh)
+            if f.name != "image":
+                return self._write_control(f, buf)
+            device = f.device
+            assert device is not None
+            store = device.store
+            disksize = device.disksize
+            if store is None or off >= disksize:
+                raise pyfuse3.FUSEError(errno.ENOSPC)  # as a write past a block device's end
+            data: bytes | memoryview = buf
+            if off + len(buf) > disksize:
+                data = memoryview(buf)[: disksize - off]
+            if len(data) < THREAD_THRESHOLD or not _threaded_writes(store.codec):
+                store.write(off, data)
+            else:
+                prepared = await trio.to_thread.run_sync(
+                    store.prepare_write, off, data, limiter=self._limiter
+                )
+                # The store cannot have been replaced during the await: reset and
+                # hot_remove answer EBUSY while this image is open, and it is (fh).
+                # commit_write runs with no await, so it is atomic among requests.
+                store.commit_write(prepared)
+            return len(data)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            raise pyfuse3.FUSEError(errno_of(exc, "write")) from None
+
+    def _write_control(self, f: OpenFile, buf: bytes) -> int:
         if f.name == "hot_remove":
             removed = self.table.hot_remove(buf)
             self._generation.pop(removed.dev_id, None)
@@ -330,27 +388,6 @@ class ZramOperations(pyfuse3.Operations):
         else:
             raise pyfuse3.FUSEError(errno.EACCES)
         return len(buf)
-
-    async def _write_image(self, f: OpenFile, off: int, buf: bytes) -> int:
-        device = f.device
-        assert device is not None
-        store = device.store
-        if store is None or off >= device.disksize:
-            raise pyfuse3.FUSEError(errno.ENOSPC)  # as a write past a block device's end
-        data: bytes | memoryview = buf
-        if off + len(buf) > device.disksize:
-            data = memoryview(buf)[: device.disksize - off]
-        if len(data) < THREAD_THRESHOLD:
-            store.write(off, data)
-        else:
-            prepared = await trio.to_thread.run_sync(
-                store.prepare_write, off, data, limiter=self._limiter
-            )
-            # The store cannot have been replaced during the await: reset and
-            # hot_remove answer EBUSY while this image is open, and it is (fh).
-            # commit_write runs with no await, so it is atomic among requests.
-            store.commit_write(prepared)
-        return len(data)
 
     def fallocate(self, inode: int, mode: int, off: int, length: int, fh: int) -> int:
         """The fallocate shim's callback (synchronous, on the trio thread); returns an errno."""

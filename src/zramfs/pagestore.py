@@ -76,6 +76,7 @@ FLAG_STORED = 0x80
 _NOT_IDLE = 0xFF ^ FLAG_IDLE
 _FLAGS_STORED_SAME = FLAG_STORED | FLAG_SAME
 _FLAGS_STORED_HUGE = FLAG_STORED | FLAG_HUGE
+_STORED_OR_SAME = FLAG_STORED | FLAG_SAME
 
 # Below this many full pages a request checks for same-filled pages page by page; from it
 # on, one numpy pass over the whole request finds the candidates (about 0.04 us a page).
@@ -273,6 +274,20 @@ class PageStore:
     def write(self, offset: int, data: Buffer) -> None:
         """Store ``data`` at byte ``offset``; MemLimitExceeded if the pool would pass the
         limit (the pages before the failing one are written)."""
+        if (
+            type(data) is bytes
+            and len(data) == PAGE_SIZE
+            and not offset & _PAGE_MASK
+            and 0 <= offset < self._disksize
+            and not self._closed
+        ):
+            # One whole page (a 4 KiB request, the common small write): no batch objects.
+            payload = self._encode_one(data)
+            if not self._put(offset >> _PAGE_SHIFT, [payload], self._now(), self._limit_pages):
+                self._failed_writes += 1
+                raise MemLimitExceeded(0, self._limit_pages << _PAGE_SHIFT)
+            self._writes += 1
+            return
         self.commit_write(self.prepare_write(offset, data))
 
     def prepare_write(self, offset: int, data: Buffer) -> PreparedWrite:
@@ -330,7 +345,7 @@ class PageStore:
 
     def _encode_one(self, raw: bytes) -> int | bytes:
         word = raw[:8]
-        if raw == word * _WORDS_PER_PAGE:
+        if raw[-8:] == word and raw == word * _WORDS_PER_PAGE:  # (last word: a cheap reject)
             return int.from_bytes(word, "little")
         c = self._compress(raw)
         return raw if len(c) >= HUGE_CLASS_SIZE else c
@@ -403,72 +418,74 @@ class PageStore:
         """Store payloads for pages first, first+1, ...; return how many were stored (fewer
         than given when the next allocation would take the pool over ``limit`` pages)."""
         pool = self._pool
-        alloc = pool.alloc
-        pwrite = pool.write
+        store = pool.store
         pfree = pool.free
-        size_of = pool.size_of
         chunks = self._chunks
-        max_pages = self._max_pages
+        total = len(payloads)
         d_stored = d_same = d_huge = d_huge_since = d_compr = d_idle = 0
-        ci = -1
+        done = 0  # payloads stored so far
         chunk: _Chunk | None = None
-        vals = atime = _NO_Q
-        flags = _NO_B
-        idx = first
+        ci = -1
+        added = 0  # slots of ``chunk`` that went from empty to stored
         try:
-            for p in payloads:
-                c = idx >> _CHUNK_SHIFT
-                if c != ci:
-                    chunk = chunks.get(c)
-                    if chunk is None:
-                        chunk = chunks[c] = _Chunk()
-                    vals = chunk.vals
-                    flags = chunk.flags
-                    atime = chunk.atime
-                    ci = c
-                j = idx & _CHUNK_MASK
-                if type(p) is int:
-                    new = p
-                    nf = _FLAGS_STORED_SAME
-                    d_same += 1
-                else:
-                    n = len(p)  # type: ignore[arg-type]
-                    new = alloc(n)
-                    total = pool.total_pages
-                    if total > max_pages:
-                        max_pages = total
-                    if total > limit > 0:
-                        pfree(new)
-                        break
-                    pwrite(new, p)  # type: ignore[arg-type]
-                    d_compr += n
-                    if n == PAGE_SIZE:
-                        nf = _FLAGS_STORED_HUGE
-                        d_huge += 1
-                        d_huge_since += 1
+            while done < total:
+                idx = first + done
+                ci = idx >> _CHUNK_SHIFT
+                j0 = idx & _CHUNK_MASK
+                count = min(CHUNK_PAGES - j0, total - done)
+                chunk = chunks.get(ci)
+                if chunk is None:
+                    chunk = chunks[ci] = _Chunk()
+                vals = chunk.vals
+                flags = chunk.flags
+                atime = chunk.atime
+                added = 0
+                batch = payloads if count == total else payloads[done : done + count]
+                j = j0
+                for p in batch:
+                    if type(p) is int:
+                        new = p
+                        nf = _FLAGS_STORED_SAME
+                        d_same += 1
                     else:
-                        nf = FLAG_STORED
-                old = flags[j]
-                if old:
-                    if old & FLAG_SAME:
-                        d_same -= 1
+                        new = store(p, limit)  # type: ignore[arg-type]
+                        if not new:
+                            break  # over mem_limit: this page and the rest stay as they were
+                        n = len(p)  # type: ignore[arg-type]
+                        d_compr += n
+                        if n == PAGE_SIZE:
+                            nf = _FLAGS_STORED_HUGE
+                            d_huge += 1
+                            d_huge_since += 1
+                        else:
+                            nf = FLAG_STORED
+                    old = flags[j]
+                    if old:
+                        if old & FLAG_SAME:
+                            d_same -= 1
+                        else:
+                            d_compr -= pfree(vals[j])
+                            if old & FLAG_HUGE:
+                                d_huge -= 1
+                        if old & FLAG_IDLE:
+                            d_idle -= 1
                     else:
-                        oh = vals[j]
-                        d_compr -= size_of(oh)
-                        pfree(oh)
-                        if old & FLAG_HUGE:
-                            d_huge -= 1
-                    if old & FLAG_IDLE:
-                        d_idle -= 1
-                else:
-                    d_stored += 1
-                    chunk.used += 1  # type: ignore[union-attr]
-                vals[j] = new
-                flags[j] = nf
-                atime[j] = now
-                idx += 1
+                        added += 1
+                    vals[j] = new
+                    flags[j] = nf
+                    atime[j] = now
+                    j += 1
+                stored_here = j - j0
+                done += stored_here
+                chunk.used += added
+                d_stored += added
+                added = 0
+                if stored_here < count:
+                    break
         finally:
-            self._max_pages = max_pages
+            if added and chunk is not None:  # an exception in the middle of a chunk
+                chunk.used += added
+                d_stored += added
             self._stored += d_stored
             self._same += d_same
             self._huge += d_huge
@@ -477,12 +494,43 @@ class PageStore:
             self._idle += d_idle
             if chunk is not None and not chunk.used:
                 del chunks[ci]  # created for a page that could not be stored
-        return idx - first
+        return done
 
     # ------------------------------------------------------------------------ reads
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; unwritten pages read as zeros."""
+        if (
+            length == PAGE_SIZE
+            and not offset & _PAGE_MASK
+            and 0 <= offset < self._disksize
+            and not self._closed
+        ):
+            # One whole page (a 4 KiB request, the common small read): no batch objects.
+            index = offset >> _PAGE_SHIFT
+            self._reads += 1
+            chunk = self._chunks.get(index >> _CHUNK_SHIFT)
+            if chunk is None:
+                return _ZERO_PAGE
+            j = index & _CHUNK_MASK
+            f = chunk.flags[j]
+            if not f:
+                return _ZERO_PAGE
+            chunk.atime[j] = self._now()
+            if f & FLAG_IDLE:
+                chunk.flags[j] = f & _NOT_IDLE
+                self._idle -= 1
+            if f & FLAG_SAME:
+                return _fill_page(chunk.vals[j])
+            data = self._pool.read(chunk.vals[j])
+            if f & FLAG_HUGE:
+                return data
+            try:
+                return self._decompress(data, PAGE_SIZE)
+            except DecompressError as exc:
+                with self._error_lock:
+                    self._failed_reads += 1
+                raise PageCorrupt(index, str(exc)) from None
         return self.finish_read(self.fetch(offset, length))
 
     def fetch(self, offset: int, length: int) -> PendingRead:
@@ -494,11 +542,13 @@ class PageStore:
         first = offset >> _PAGE_SHIFT
         stop = ((offset + length - 1) >> _PAGE_SHIFT) + 1
         now = self._now()
-        pread = self._pool.read
         chunks = self._chunks
         payloads: list[int | bytes] = []
-        append = payloads.append
-        d_idle = 0
+        # Pool objects are read in one batch at the end; until then their slots in
+        # ``payloads`` hold the handle (SAME and unwritten slots hold their value already).
+        where: list[int] = []
+        handles: list[int] = []
+        idle = self._idle
         idx = first
         while idx < stop:
             c = idx >> _CHUNK_SHIFT
@@ -509,23 +559,27 @@ class PageStore:
             if chunk is None:
                 payloads.extend([0] * (j1 - j0))
                 continue
-            vals = chunk.vals
+            base = len(payloads) - j0
+            payloads.extend(chunk.vals[j0:j1].tolist())  # unwritten slots hold 0
             flags = chunk.flags
+            seg = flags[j0:j1]
+            pos = [base + j for j, f in enumerate(seg, j0) if f & _STORED_OR_SAME == FLAG_STORED]
+            where += pos
+            handles += [payloads[k] for k in pos]  # type: ignore[misc]
             atime = chunk.atime
-            for j in range(j0, j1):
-                f = flags[j]
-                if not f:
-                    append(0)
-                    continue
-                if f & FLAG_SAME:
-                    append(vals[j])
-                else:
-                    append(pread(vals[j]))
-                if f & FLAG_IDLE:
-                    flags[j] = f & _NOT_IDLE
-                    d_idle += 1
-                atime[j] = now
-        self._idle -= d_idle
+            if j1 - j0 == 1:
+                atime[j0] = now  # (a slot not stored gets a time too: nothing reads it)
+            else:
+                atime[j0:j1] = array("I", [now]) * (j1 - j0)
+            if idle:
+                for j, f in enumerate(seg, j0):
+                    if f & FLAG_IDLE:
+                        flags[j] = f & _NOT_IDLE
+                        idle -= 1
+        if handles:
+            for k, data in zip(where, self._pool.read_many(handles), strict=True):
+                payloads[k] = data
+        self._idle = idle
         self._reads += stop - first
         return PendingRead(offset, length, first, payloads)
 
@@ -593,7 +647,6 @@ class PageStore:
             targets = [c for c in range(c0, c1 + 1) if c in chunks]
         pool = self._pool
         pfree = pool.free
-        size_of = pool.size_of
         d_stored = d_same = d_huge = d_compr = d_idle = 0
         for c in targets:
             chunk = chunks[c]
@@ -611,9 +664,7 @@ class PageStore:
                 if f & FLAG_SAME:
                     d_same += 1
                 else:
-                    h = vals[j]
-                    d_compr += size_of(h)
-                    pfree(h)
+                    d_compr += pfree(vals[j])
                     if f & FLAG_HUGE:
                         d_huge += 1
                 if f & FLAG_IDLE:
@@ -666,7 +717,8 @@ class PageStore:
 
     def reset_mem_used_max(self) -> None:
         """mem_used_max := the current pool size (the only value the kernel accepts is 0)."""
-        self._max_pages = self._pool.total_pages
+        self._pool.reset_peak()
+        self._max_pages = 0
 
     def statistics(self) -> StoreStatistics:
         pool = self._pool.statistics()
@@ -675,7 +727,7 @@ class PageStore:
             compr_data_size=self._compr,
             mem_used_total=pool.total_pages << _PAGE_SHIFT,
             mem_limit=self._limit_pages << _PAGE_SHIFT,
-            mem_used_max=self._max_pages << _PAGE_SHIFT,
+            mem_used_max=max(self._max_pages, self._pool.peak_pages) << _PAGE_SHIFT,
             same_pages=self._same,
             pages_compacted=pool.pages_compacted,
             huge_pages=self._huge,
@@ -695,6 +747,7 @@ class PageStore:
         """Free every page and give the pool's memory back to the OS. Counters keep their
         values; any later I/O raises ValueError. Dropping the store has the same effect."""
         self._closed = True
+        self._max_pages = max(self._max_pages, self._pool.peak_pages)
         self._chunks = {}
         self._pool = ZsPool()  # the old pool's arenas are unmapped when it is dropped
 

@@ -199,6 +199,7 @@ class ZsPool:
         "_next_page",
         "_free_pages",
         "_total_pages",
+        "_peak_pages",
         "_pages_compacted",
         "_zcls",
         "_zinuse",
@@ -223,6 +224,7 @@ class ZsPool:
         # _release_zspage() pushes a zspage's pages so that they pop back lowest first.
         self._free_pages = array("I")
         self._total_pages = 0
+        self._peak_pages = 0  # the most total_pages has been since reset_peak()
         self._pages_compacted = 0
         # Zspages: parallel columns indexed by zspage id; ids are recycled via _free_zids.
         self._zcls = array("H")  # class index
@@ -248,6 +250,107 @@ class ZsPool:
     def total_pages(self) -> int:
         """Pages held by zspages (what the pool costs the process, in pages)."""
         return self._total_pages
+
+    @property
+    def peak_pages(self) -> int:
+        """The largest total_pages since the pool was made or reset_peak() was called
+        (the kernel's mem_used_max, in pages; an allocation undone by store() counts)."""
+        return self._peak_pages
+
+    def reset_peak(self) -> None:
+        """peak_pages := total_pages."""
+        self._peak_pages = self._total_pages
+
+    def store(self, data: bytes, limit: int = 0) -> int:
+        """alloc(len(data)) and write(data) in one step, for the page store's hot path; with
+        ``limit`` > 0, an object whose allocation takes total_pages over ``limit`` is freed
+        again and 0 is returned (the kernel's zram_write_page order: allocate, check, free).
+
+        ``data`` must be bytes or bytearray of 1..4096 bytes (not checked beyond that)."""
+        size = len(data)
+        if not 0 < size <= PAGE_SIZE:
+            raise ValueError(f"object size {size} not in 1..{PAGE_SIZE}")
+        c = _LUT[size]
+        zid = self._cur[c]
+        if zid < 0:
+            zid = self._pick_zspage(c)
+        zfree = self._zfree
+        zpages = self._zpages
+        off = zfree[zid]
+        if off != _NO_SLOT:
+            pg = zpages[(zid << 3) | (off >> _PAGE_SHIFT)]
+            zfree[zid] = self._words[pg >> _ARENA_SHIFT][
+                (((pg & _ARENA_MASK) << _PAGE_SHIFT) | (off & _PAGE_MASK)) >> 2
+            ]
+        else:
+            off = self._zbump[zid]
+            self._zbump[zid] = off + _CSIZE[c]
+        zinuse = self._zinuse
+        n = zinuse[zid] + 1
+        zinuse[zid] = n
+        if n == _COBJS[c]:
+            self._cur[c] = -1
+        loc = self._loc
+        h = self._hfree
+        if h:
+            self._hfree = loc[h]
+            loc[h] = (zid << _OFF_BITS) | off
+            self._hsize[h] = size
+        else:
+            h = len(loc)
+            loc.append((zid << _OFF_BITS) | off)
+            self._hsize.append(size)
+        if limit and self._total_pages > limit:
+            self.free(h)
+            return 0
+        o = off & _PAGE_MASK
+        pi = (zid << 3) | (off >> _PAGE_SHIFT)
+        pg = zpages[pi]
+        a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
+        if o + size <= PAGE_SIZE:
+            self._arenas[pg >> _ARENA_SHIFT][a : a + size] = data
+            return h
+        k = PAGE_SIZE - o  # the object straddles into the zspage's next page
+        mv = memoryview(data)
+        self._arenas[pg >> _ARENA_SHIFT][a : a + k] = mv[:k]
+        pg = zpages[pi + 1]
+        b = (pg & _ARENA_MASK) << _PAGE_SHIFT
+        self._arenas[pg >> _ARENA_SHIFT][b : b + size - k] = mv[k:]
+        return h
+
+    def read_many(self, handles: list[int]) -> list[bytes]:
+        """read() of each handle, in order (one call for a batch: the fetch hot path)."""
+        hsize = self._hsize
+        locs = self._loc
+        zpages = self._zpages
+        arenas = self._arenas
+        out: list[bytes] = []
+        append = out.append
+        for handle in handles:
+            if handle <= 0:
+                raise InvalidHandle(handle)
+            try:
+                size = hsize[handle]
+            except (IndexError, TypeError):
+                raise InvalidHandle(handle) from None
+            if not size:
+                raise InvalidHandle(handle)
+            loc = locs[handle]
+            o = loc & _PAGE_MASK
+            pi = ((loc >> _OFF_BITS) << 3) | ((loc >> _PAGE_SHIFT) & 7)
+            pg = zpages[pi]
+            a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
+            if o + size <= PAGE_SIZE:
+                append(arenas[pg >> _ARENA_SHIFT][a : a + size])
+            else:
+                k = PAGE_SIZE - o
+                pg2 = zpages[pi + 1]
+                b = (pg2 & _ARENA_MASK) << _PAGE_SHIFT
+                append(
+                    arenas[pg >> _ARENA_SHIFT][a : a + k]
+                    + arenas[pg2 >> _ARENA_SHIFT][b : b + size - k]
+                )
+        return out
 
     def alloc(self, size: int) -> int:
         """Reserve room for an object of ``size`` bytes (1..4096); return its handle."""
@@ -349,8 +452,9 @@ class ZsPool:
             + self._arenas[pg2 >> _ARENA_SHIFT][b : b + size - k]
         )
 
-    def free(self, handle: int) -> None:
-        """Release the object; an emptied zspage gives its pages back at once."""
+    def free(self, handle: int) -> int:
+        """Release the object and return its size; an emptied zspage gives its pages back
+        at once."""
         if handle <= 0:
             raise InvalidHandle(handle)
         try:
@@ -376,7 +480,7 @@ class ZsPool:
             elif n != _COBJS[c]:
                 del self._groups[c][gt[n]][zid]
             self._release_zspage(zid)
-            return
+            return size
         # Chain the slot into the zspage's in-band free list (offsets are 16-aligned and
         # objects >= 32 bytes, so the 4-byte link never crosses a page).
         off = loc & _OFF_MASK
@@ -388,7 +492,7 @@ class ZsPool:
         g_new = gt[m]
         g_old = gt[n]
         if g_new == g_old:
-            return
+            return size
         groups = self._groups[c]
         if cur == zid:
             # The current zspage fell a group: let the next alloc look for a fuller one.
@@ -404,6 +508,7 @@ class ZsPool:
         else:
             del groups[g_old][zid]
             groups[g_new][zid] = None
+        return size
 
     def compact(self) -> int:
         """Per class, move live objects out of the least used zspages into the fullest
@@ -523,7 +628,10 @@ class ZsPool:
         base = zid << 3
         for k, pg in enumerate(pages):
             self._zpages[base + k] = pg
-        self._total_pages += ppz
+        total = self._total_pages + ppz
+        self._total_pages = total
+        if total > self._peak_pages:
+            self._peak_pages = total
         return zid
 
     def _new_page(self) -> int:

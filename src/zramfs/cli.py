@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from .codecs import ALGORITHMS
 from .daemon import RUN_DIR, MountConfig, pidfile_path
-from .holders import holders_under, zramfs_mounts
+from .holders import holders_under, openers_under, zramfs_mounts
 from .report import COLUMNS, EXTRA_COLUMNS, StatusRow, render_json, render_table
 from .sizes import parse_size
 
@@ -168,12 +168,15 @@ def cmd_umount(args: argparse.Namespace) -> int:
     held = holders_under(mountpoint)
     if args.force:
         return _force_umount(mountpoint, held)
-    if held:
-        lines = "\n".join(f"  {os.path.basename(os.path.dirname(h.image))}: {h.describe()}"
-                          for h in held)
+    openers = openers_under(mountpoint)
+    if held or openers:
+        lines = "\n".join(
+            [f"  {os.path.basename(os.path.dirname(h.image))}: {h.describe()}" for h in held]
+            + [f"  open by process {p}" for p in openers]
+        )
         raise CliError(
             f"{mountpoint} is in use, nothing stopped:\n{lines}\n"
-            "release them (swapoff, umount, losetup -d) or use --force"
+            "release them (swapoff, umount, losetup -d, close the files) or use --force"
         )
     pid = _read_pid(mountpoint)
     if pid is None:

@@ -1,7 +1,7 @@
 """Who is using an image: loop devices backed by it, and where those are mounted or swapped.
 
 Read from /sys/block/loop*/loop/backing_file, /proc/mounts and /proc/swaps,
-so that `zramfs umount` can refuse with a precise answer, `zramfs status`
+and /proc/PID/fd, so that `zramfs umount` can refuse with a precise answer, `zramfs status`
 can fill zramctl's MOUNTPOINT column and the daemon can say what holds it
 when asked to stop.  Read-only: nothing here changes the system.
 """
@@ -78,18 +78,6 @@ def active_swaps() -> set[str]:
     return {line.split()[0] for line in _read("/proc/swaps").splitlines()[1:] if line.strip()}
 
 
-def holders(images: list[str]) -> list[Holder]:
-    """The loop devices whose backing file is one of `images`, with their users."""
-    wanted = {os.path.realpath(p) for p in images}
-    mounts = mounts_by_source()
-    swaps = active_swaps()
-    found = []
-    for loop, backing in sorted(loop_backing_files().items()):
-        if backing in wanted or os.path.realpath(backing) in wanted:
-            found.append(Holder(backing, loop, tuple(mounts.get(loop, [])), loop in swaps))
-    return found
-
-
 def holders_under(mountpoint: str) -> list[Holder]:
     """Loop devices backed by any file below `mountpoint` (found without touching it)."""
     prefix = os.path.abspath(mountpoint).rstrip("/") + "/"
@@ -100,6 +88,27 @@ def holders_under(mountpoint: str) -> list[Holder]:
         for loop, backing in sorted(loop_backing_files().items())
         if backing.startswith(prefix)
     ]
+
+
+def openers_under(mountpoint: str) -> list[str]:
+    """Processes holding a file below `mountpoint` open, as "PID (COMM)", like fuser(1).
+
+    The loop driver holds its backing file from the kernel, with no process: those
+    show up in holders_under() instead.
+    """
+    prefix = os.path.abspath(mountpoint).rstrip("/") + "/"
+    found = []
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        pid = fd_dir.split("/")[2]
+        if pid == str(os.getpid()):
+            continue
+        try:
+            targets = [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+        except OSError:  # the process went away, or is not ours to read
+            continue
+        if any(t.startswith(prefix) for t in targets):
+            found.append(f"{pid} ({_read(f'/proc/{pid}/comm').strip()})")
+    return found
 
 
 def zramfs_mounts() -> list[str]:

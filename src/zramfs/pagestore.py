@@ -404,9 +404,13 @@ class PageStore:
         f = chunk.flags[j]
         if not f:
             return _ZERO_PAGE
+        return self._decode(chunk.vals[j], f, index)
+
+    def _decode(self, val: int, f: int, index: int) -> bytes:
+        """A stored page's contents from its table entry (value and flags)."""
         if f & FLAG_SAME:
-            return _fill_page(chunk.vals[j])
-        data = self._pool.read(chunk.vals[j])
+            return _fill_page(val)
+        data = self._pool.read(val)
         if f & FLAG_HUGE:
             return data
         try:
@@ -520,17 +524,12 @@ class PageStore:
             if f & FLAG_IDLE:
                 chunk.flags[j] = f & _NOT_IDLE
                 self._idle -= 1
-            if f & FLAG_SAME:
-                return _fill_page(chunk.vals[j])
-            data = self._pool.read(chunk.vals[j])
-            if f & FLAG_HUGE:
-                return data
             try:
-                return self._decompress(data, PAGE_SIZE)
-            except DecompressError as exc:
+                return self._decode(chunk.vals[j], f, index)
+            except PageCorrupt:
                 with self._error_lock:
                     self._failed_reads += 1
-                raise PageCorrupt(index, str(exc)) from None
+                raise
         return self.finish_read(self.fetch(offset, length))
 
     def fetch(self, offset: int, length: int) -> PendingRead:

@@ -320,21 +320,14 @@ class ZsPool:
 
     def read_many(self, handles: list[int]) -> list[bytes]:
         """read() of each handle, in order (one call for a batch: the fetch hot path)."""
-        hsize = self._hsize
         locs = self._loc
         zpages = self._zpages
         arenas = self._arenas
         out: list[bytes] = []
         append = out.append
+        size_of = self.size_of
         for handle in handles:
-            if handle <= 0:
-                raise InvalidHandle(handle)
-            try:
-                size = hsize[handle]
-            except (IndexError, TypeError):
-                raise InvalidHandle(handle) from None
-            if not size:
-                raise InvalidHandle(handle)
+            size = size_of(handle)
             loc = locs[handle]
             o = loc & _PAGE_MASK
             pi = ((loc >> _OFF_BITS) << 3) | ((loc >> _PAGE_SHIFT) & 7)
@@ -398,14 +391,7 @@ class ZsPool:
 
     def write(self, handle: int, data: Buffer) -> None:
         """Store ``data`` (exactly size_of(handle) bytes) in the object."""
-        if handle <= 0:
-            raise InvalidHandle(handle)
-        try:
-            size = self._hsize[handle]
-        except (IndexError, TypeError):
-            raise InvalidHandle(handle) from None
-        if not size:
-            raise InvalidHandle(handle)
+        size = self.size_of(handle)
         if not isinstance(data, _PLAIN_BYTES):
             data = memoryview(data).cast("B")
         if len(data) != size:
@@ -428,14 +414,7 @@ class ZsPool:
 
     def read(self, handle: int) -> bytes:
         """The bytes last written to the object (size_of(handle) of them)."""
-        if handle <= 0:
-            raise InvalidHandle(handle)
-        try:
-            size = self._hsize[handle]
-        except (IndexError, TypeError):
-            raise InvalidHandle(handle) from None
-        if not size:
-            raise InvalidHandle(handle)
+        size = self.size_of(handle)
         loc = self._loc[handle]
         zbase = (loc >> _OFF_BITS) << 3
         o = loc & _PAGE_MASK
@@ -455,14 +434,7 @@ class ZsPool:
     def free(self, handle: int) -> int:
         """Release the object and return its size; an emptied zspage gives its pages back
         at once."""
-        if handle <= 0:
-            raise InvalidHandle(handle)
-        try:
-            size = self._hsize[handle]
-        except (IndexError, TypeError):
-            raise InvalidHandle(handle) from None
-        if not size:
-            raise InvalidHandle(handle)
+        size = self.size_of(handle)
         loc = self._loc[handle]
         self._hsize[handle] = 0
         self._loc[handle] = self._hfree

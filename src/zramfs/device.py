@@ -261,7 +261,7 @@ class ZramDevice:
         self._reset_config()
 
     def _store_comp_algorithm(self, text: str) -> None:
-        name = text.strip()
+        name = text  # only the trailing newline is dropped, as the kernel does
         if name not in ALGORITHMS:
             known = " ".join(ALGORITHMS)
             raise ControlError(errno.EINVAL, f"unknown algorithm {name!r}; one of {known}")
@@ -276,8 +276,12 @@ class ZramDevice:
         if params.priority not in (None, 0):
             raise ControlError(errno.EINVAL, "recompression (priority > 0) is not supported")
         algo = params.algo or self.algorithm
-        if algo not in ALGORITHMS:
-            raise ControlError(errno.EINVAL, f"unknown algorithm {algo!r}")
+        if algo != self.algorithm:
+            # As the kernel: algo= names the algorithm a priority already uses, so select
+            # it through comp_algorithm first.
+            raise ControlError(
+                errno.EINVAL, f"algo={algo} is not the selected algorithm ({self.algorithm})"
+            )
         self._require_uninitialised("algorithm_params")
         try:  # validate now (level range, dictionary readable), not at disksize time
             make_codec(algo, level=params.level, dict_path=params.dict_path)

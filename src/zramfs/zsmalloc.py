@@ -274,17 +274,8 @@ class ZsPool:
         zid = self._cur[c]
         if zid < 0:
             zid = self._pick_zspage(c)
-        zfree = self._zfree
         zpages = self._zpages
-        off = zfree[zid]
-        if off != _NO_SLOT:
-            pg = zpages[(zid << 3) | (off >> _PAGE_SHIFT)]
-            zfree[zid] = self._words[pg >> _ARENA_SHIFT][
-                (((pg & _ARENA_MASK) << _PAGE_SHIFT) | (off & _PAGE_MASK)) >> 2
-            ]
-        else:
-            off = self._zbump[zid]
-            self._zbump[zid] = off + _CSIZE[c]
+        off = self._take_slot(zid, c)
         zinuse = self._zinuse
         n = zinuse[zid] + 1
         zinuse[zid] = n
@@ -353,15 +344,7 @@ class ZsPool:
         zid = self._cur[c]
         if zid < 0:
             zid = self._pick_zspage(c)
-        off = self._zfree[zid]
-        if off != _NO_SLOT:
-            pg = self._zpages[(zid << 3) | (off >> _PAGE_SHIFT)]
-            self._zfree[zid] = self._words[pg >> _ARENA_SHIFT][
-                (((pg & _ARENA_MASK) << _PAGE_SHIFT) | (off & _PAGE_MASK)) >> 2
-            ]
-        else:
-            off = self._zbump[zid]
-            self._zbump[zid] = off + _CSIZE[c]
+        off = self._take_slot(zid, c)
         n = self._zinuse[zid] + 1
         self._zinuse[zid] = n
         if n == _COBJS[c]:
@@ -695,19 +678,25 @@ class ZsPool:
                 out[int(part_z[0])] = part_h.tolist()
         return out
 
+    def _take_slot(self, zid: int, c: int) -> int:
+        """Take a free slot of zspage ``zid`` (class ``c``): the head of its in-band free
+        chain, else the next never-used slot; return its byte offset in the zspage."""
+        off = self._zfree[zid]
+        if off == _NO_SLOT:
+            off = self._zbump[zid]
+            self._zbump[zid] = off + _CSIZE[c]
+            return off
+        pg = self._zpages[(zid << 3) | (off >> _PAGE_SHIFT)]
+        self._zfree[zid] = self._words[pg >> _ARENA_SHIFT][
+            (((pg & _ARENA_MASK) << _PAGE_SHIFT) | (off & _PAGE_MASK)) >> 2
+        ]
+        return off
+
     def _migrate(self, handle: int, dst: int, c: int) -> None:
         """Move one object into a free slot of zspage ``dst`` (same class ``c``)."""
         data = self.read(handle)
         src = self._loc[handle] >> _OFF_BITS
-        off = self._zfree[dst]
-        if off != _NO_SLOT:
-            pg = self._zpages[(dst << 3) | (off >> _PAGE_SHIFT)]
-            self._zfree[dst] = self._words[pg >> _ARENA_SHIFT][
-                (((pg & _ARENA_MASK) << _PAGE_SHIFT) | (off & _PAGE_MASK)) >> 2
-            ]
-        else:
-            off = self._zbump[dst]
-            self._zbump[dst] = off + _CSIZE[c]
+        off = self._take_slot(dst, c)
         self._zinuse[dst] += 1
         self._zinuse[src] -= 1
         self._loc[handle] = (dst << _OFF_BITS) | off

@@ -81,9 +81,16 @@ def _spec(name: str) -> tuple[int, int, int | None, bool]:
 
 
 class Codec:
-    """One configured algorithm. ``compress`` and ``decompress`` are thread-safe."""
+    """One configured algorithm. ``compress`` and ``decompress`` are thread-safe.
+
+    ``slow_compress`` and ``slow_decompress`` say whether the library spends long enough
+    per page (over ~10 us, with the GIL released) that a large request is worth handing
+    to a worker thread; below that the GIL hand-offs cost more than they save (measured
+    in benchmarks/README.md, "Where the time goes")."""
 
     __slots__ = ("name", "level", "dict_path")
+    slow_compress = True
+    slow_decompress = False
 
     def __init__(self, name: str, level: int | None, dict_path: str | None) -> None:
         self.name = name
@@ -113,6 +120,7 @@ def _check_size(out: bytes, size: int, name: str) -> bytes:
 
 class _Lz4(Codec):
     __slots__ = ("_dict",)
+    slow_compress = False  # ~6.5 us/page on /usr/lib; decompression ~2
 
     def __init__(self, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("lz4", None, dict_path)
@@ -135,7 +143,7 @@ class _Lz4(Codec):
 
 
 class _Lz4Hc(Codec):
-    __slots__ = ("_level",)
+    __slots__ = ("_level",)  # compression ~38 us/page; decompression ~2
 
     def __init__(self, level: int) -> None:
         super().__init__("lz4hc", level, None)
@@ -155,7 +163,7 @@ class _Lz4Hc(Codec):
 
 
 class _Zstd(Codec):
-    __slots__ = ("_params", "_zdict", "_local")
+    __slots__ = ("_params", "_zdict", "_local")  # compression ~19 us/page; decompression ~7
 
     def __init__(self, level: int, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("zstd", level, dict_path)
@@ -208,6 +216,7 @@ class _Zstd(Codec):
 
 class _Deflate(Codec):
     __slots__ = ("_level",)
+    slow_decompress = True  # ~15 us/page; compression ~92
 
     def __init__(self, level: int) -> None:
         super().__init__("deflate", level, None)

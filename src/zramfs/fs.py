@@ -28,7 +28,6 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from .codecs import Codec
 from .device import ControlError, DeviceTable, ZramDevice
 from .fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from .pagestore import PAGE_SIZE, MemLimitExceeded, OutOfRange, PageCorrupt
@@ -47,27 +46,13 @@ FILE_MODES: dict[str, int] = {"image": 0o600, "stats": 0o444, **ZramDevice.ATTRI
 # sysfs files claim one page; readers stop at the first short read.
 CONTROL_FILE_SIZE = 4096
 # A request at least this large (de)compresses on a worker thread, but only with a codec
-# slow enough for that to pay (_threaded_writes/_threaded_reads).  Python code holds the GIL
+# slow enough for that to pay (Codec.slow_compress/slow_decompress).  Python code holds the GIL
 # for a few microseconds around every page's library call, so with a fast codec the worker
 # and the trio thread mostly wait for each other: measured on 2 cores with fio, lz4 1 MiB
 # writes went from ~490 to ~650 MiB/s and reads from ~600 to ~830 MiB/s done inline, zstd
 # reads from 660 to 1180 (benchmarks/README.md, "Where the time goes").  Small requests are
 # always inline.
 THREAD_THRESHOLD = 128 * 1024
-
-
-def _threaded_writes(codec: Codec) -> bool:
-    """Whether compressing a large write on a worker thread beats doing it inline: for
-    codecs that spend over ~10 us a page inside the library, with the GIL released (zstd
-    ~19, lz4hc ~38, deflate ~92 on /usr/lib; zstd broke even on fio's data at ~10), not lz4
-    (~6.5)."""
-    return codec.name != "lz4"
-
-
-def _threaded_reads(codec: Codec) -> bool:
-    """The same for decompression: only deflate is slow enough (~15 us a page; zstd ~7,
-    lz4 and lz4hc ~2)."""
-    return codec.name == "deflate"
 
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
@@ -334,7 +319,7 @@ class ZramOperations(pyfuse3.Operations):
                 return b""
             if off + size > disksize:
                 size = disksize - off
-            if size < THREAD_THRESHOLD or not _threaded_reads(store.codec):
+            if size < THREAD_THRESHOLD or not store.codec.slow_decompress:
                 return store.read(off, size)
             pending = store.fetch(off, size)
             return await trio.to_thread.run_sync(store.finish_read, pending, limiter=self._limiter)
@@ -362,7 +347,7 @@ class ZramOperations(pyfuse3.Operations):
             data: bytes | memoryview = buf
             if off + len(buf) > disksize:
                 data = memoryview(buf)[: disksize - off]
-            if len(data) < THREAD_THRESHOLD or not _threaded_writes(store.codec):
+            if len(data) < THREAD_THRESHOLD or not store.codec.slow_compress:
                 store.write(off, data)
             else:
                 prepared = await trio.to_thread.run_sync(

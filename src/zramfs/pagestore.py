@@ -395,8 +395,9 @@ class PageStore:
         cur = self._page(index)
         return self._encode_one(cur[:at] + piece + cur[at + len(piece) :])
 
-    def _page(self, index: int) -> bytes:
-        """The current contents of one page (no access bookkeeping)."""
+    def _page(self, index: int, touch: bool = False) -> bytes:
+        """The current contents of one page; with ``touch``, a read access: the page's
+        idle mark is cleared and its access time refreshed."""
         chunk = self._chunks.get(index >> _CHUNK_SHIFT)
         if chunk is None:
             return _ZERO_PAGE
@@ -404,10 +405,12 @@ class PageStore:
         f = chunk.flags[j]
         if not f:
             return _ZERO_PAGE
-        return self._decode(chunk.vals[j], f, index)
-
-    def _decode(self, val: int, f: int, index: int) -> bytes:
-        """A stored page's contents from its table entry (value and flags)."""
+        if touch:
+            chunk.atime[j] = self._now()
+            if f & FLAG_IDLE:
+                chunk.flags[j] = f & _NOT_IDLE
+                self._idle -= 1
+        val = chunk.vals[j]
         if f & FLAG_SAME:
             return _fill_page(val)
         data = self._pool.read(val)
@@ -513,19 +516,8 @@ class PageStore:
             # One whole page (a 4 KiB request, the common small read): no batch objects.
             index = offset >> _PAGE_SHIFT
             self._reads += 1
-            chunk = self._chunks.get(index >> _CHUNK_SHIFT)
-            if chunk is None:
-                return _ZERO_PAGE
-            j = index & _CHUNK_MASK
-            f = chunk.flags[j]
-            if not f:
-                return _ZERO_PAGE
-            chunk.atime[j] = self._now()
-            if f & FLAG_IDLE:
-                chunk.flags[j] = f & _NOT_IDLE
-                self._idle -= 1
             try:
-                return self._decode(chunk.vals[j], f, index)
+                return self._page(index, touch=True)
             except PageCorrupt:
                 with self._error_lock:
                     self._failed_reads += 1

@@ -274,7 +274,6 @@ class ZsPool:
         zid = self._cur[c]
         if zid < 0:
             zid = self._pick_zspage(c)
-        zpages = self._zpages
         off = self._take_slot(zid, c)
         zinuse = self._zinuse
         n = zinuse[zid] + 1
@@ -294,46 +293,18 @@ class ZsPool:
         if limit and self._total_pages > limit:
             self.free(h)
             return 0
-        o = off & _PAGE_MASK
-        pi = (zid << 3) | (off >> _PAGE_SHIFT)
-        pg = zpages[pi]
-        a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
-        if o + size <= PAGE_SIZE:
-            self._arenas[pg >> _ARENA_SHIFT][a : a + size] = data
-            return h
-        k = PAGE_SIZE - o  # the object straddles into the zspage's next page
-        mv = memoryview(data)
-        self._arenas[pg >> _ARENA_SHIFT][a : a + k] = mv[:k]
-        pg = zpages[pi + 1]
-        b = (pg & _ARENA_MASK) << _PAGE_SHIFT
-        self._arenas[pg >> _ARENA_SHIFT][b : b + size - k] = mv[k:]
+        self._copy_in((zid << _OFF_BITS) | off, data, size)
         return h
 
     def read_many(self, handles: list[int]) -> list[bytes]:
         """read() of each handle, in order (one call for a batch: the fetch hot path)."""
         locs = self._loc
-        zpages = self._zpages
-        arenas = self._arenas
-        out: list[bytes] = []
-        append = out.append
         size_of = self.size_of
-        for handle in handles:
-            size = size_of(handle)
-            loc = locs[handle]
-            o = loc & _PAGE_MASK
-            pi = ((loc >> _OFF_BITS) << 3) | ((loc >> _PAGE_SHIFT) & 7)
-            pg = zpages[pi]
-            a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
-            if o + size <= PAGE_SIZE:
-                append(arenas[pg >> _ARENA_SHIFT][a : a + size])
-            else:
-                k = PAGE_SIZE - o
-                pg2 = zpages[pi + 1]
-                b = (pg2 & _ARENA_MASK) << _PAGE_SHIFT
-                append(
-                    arenas[pg >> _ARENA_SHIFT][a : a + k]
-                    + arenas[pg2 >> _ARENA_SHIFT][b : b + size - k]
-                )
+        copy_out = self._copy_out
+        out = []
+        for h in handles:
+            size = size_of(h)  # validates before the handle indexes anything
+            out.append(copy_out(locs[h], size))
         return out
 
     def alloc(self, size: int) -> int:
@@ -379,40 +350,12 @@ class ZsPool:
             data = memoryview(data).cast("B")
         if len(data) != size:
             raise ValueError(f"handle {handle} holds {size} bytes, got {len(data)}")
-        loc = self._loc[handle]
-        zbase = (loc >> _OFF_BITS) << 3
-        o = loc & _PAGE_MASK
-        pi = (loc >> _PAGE_SHIFT) & 7
-        pg = self._zpages[zbase | pi]
-        a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
-        if o + size <= PAGE_SIZE:
-            self._arenas[pg >> _ARENA_SHIFT][a : a + size] = data
-            return
-        k = PAGE_SIZE - o  # the object straddles into the zspage's next page
-        mv = memoryview(data)
-        self._arenas[pg >> _ARENA_SHIFT][a : a + k] = mv[:k]
-        pg = self._zpages[zbase | (pi + 1)]
-        b = (pg & _ARENA_MASK) << _PAGE_SHIFT
-        self._arenas[pg >> _ARENA_SHIFT][b : b + size - k] = mv[k:]
+        self._copy_in(self._loc[handle], data, size)
 
     def read(self, handle: int) -> bytes:
         """The bytes last written to the object (size_of(handle) of them)."""
-        size = self.size_of(handle)
-        loc = self._loc[handle]
-        zbase = (loc >> _OFF_BITS) << 3
-        o = loc & _PAGE_MASK
-        pi = (loc >> _PAGE_SHIFT) & 7
-        pg = self._zpages[zbase | pi]
-        a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
-        if o + size <= PAGE_SIZE:
-            return self._arenas[pg >> _ARENA_SHIFT][a : a + size]
-        k = PAGE_SIZE - o
-        pg2 = self._zpages[zbase | (pi + 1)]
-        b = (pg2 & _ARENA_MASK) << _PAGE_SHIFT
-        return (
-            self._arenas[pg >> _ARENA_SHIFT][a : a + k]
-            + self._arenas[pg2 >> _ARENA_SHIFT][b : b + size - k]
-        )
+        size = self.size_of(handle)  # validates before the handle indexes anything
+        return self._copy_out(self._loc[handle], size)
 
     def free(self, handle: int) -> int:
         """Release the object and return its size; an emptied zspage gives its pages back
@@ -677,6 +620,38 @@ class ZsPool:
             for part_h, part_z in zip(np.split(handles, cuts), np.split(owners, cuts), strict=True):
                 out[int(part_z[0])] = part_h.tolist()
         return out
+
+    def _copy_in(self, loc: int, data: Buffer, size: int) -> None:
+        """Copy ``size`` bytes of ``data`` into the object at location ``loc``."""
+        pi = ((loc >> _OFF_BITS) << 3) | ((loc >> _PAGE_SHIFT) & 7)
+        o = loc & _PAGE_MASK
+        pg = self._zpages[pi]
+        a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
+        if o + size <= PAGE_SIZE:
+            self._arenas[pg >> _ARENA_SHIFT][a : a + size] = data
+            return
+        k = PAGE_SIZE - o  # the object straddles into the zspage's next page
+        mv = memoryview(data)
+        self._arenas[pg >> _ARENA_SHIFT][a : a + k] = mv[:k]
+        pg = self._zpages[pi + 1]
+        b = (pg & _ARENA_MASK) << _PAGE_SHIFT
+        self._arenas[pg >> _ARENA_SHIFT][b : b + size - k] = mv[k:]
+
+    def _copy_out(self, loc: int, size: int) -> bytes:
+        """The ``size`` bytes of the object at location ``loc``."""
+        pi = ((loc >> _OFF_BITS) << 3) | ((loc >> _PAGE_SHIFT) & 7)
+        o = loc & _PAGE_MASK
+        pg = self._zpages[pi]
+        a = ((pg & _ARENA_MASK) << _PAGE_SHIFT) | o
+        if o + size <= PAGE_SIZE:
+            return self._arenas[pg >> _ARENA_SHIFT][a : a + size]
+        k = PAGE_SIZE - o
+        pg2 = self._zpages[pi + 1]
+        b = (pg2 & _ARENA_MASK) << _PAGE_SHIFT
+        return (
+            self._arenas[pg >> _ARENA_SHIFT][a : a + k]
+            + self._arenas[pg2 >> _ARENA_SHIFT][b : b + size - k]
+        )
 
     def _take_slot(self, zid: int, c: int) -> int:
         """Take a free slot of zspage ``zid`` (class ``c``): the head of its in-band free

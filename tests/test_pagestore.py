@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import tracemalloc
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -675,11 +676,10 @@ class StoreMachine(RuleBasedStateMachine):
             self.atime[i] = self.now()
             self.idle[i] = False
 
-    @rule(offset=offsets, data=payloads)
-    def write(self, offset: int, data: bytes) -> None:
-        data = data[: SIZE - offset]
+    def _apply_write(self, offset: int, data: bytes, commit: Callable[[], None]) -> None:
+        """Run one store write and mirror what it stored (all of it, or up to the limit)."""
         try:
-            self.store.write(offset, data)
+            commit()
             n = len(data)
         except MemLimitExceeded as exc:
             n = exc.written
@@ -689,18 +689,15 @@ class StoreMachine(RuleBasedStateMachine):
             self.touch(offset // PAGE, -(-(offset + n) // PAGE))
 
     @rule(offset=offsets, data=payloads)
+    def write(self, offset: int, data: bytes) -> None:
+        data = data[: SIZE - offset]
+        self._apply_write(offset, data, lambda: self.store.write(offset, data))
+
+    @rule(offset=offsets, data=payloads)
     def write_in_two_steps(self, offset: int, data: bytes) -> None:
         data = data[: SIZE - offset]
         prepared = self.store.prepare_write(offset, data)
-        try:
-            self.store.commit_write(prepared)
-            n = len(data)
-        except MemLimitExceeded as exc:
-            n = exc.written
-            self.failed_writes += 1
-        self.oracle[offset : offset + n] = data[:n]
-        if n:
-            self.touch(offset // PAGE, -(-(offset + n) // PAGE))
+        self._apply_write(offset, data, lambda: self.store.commit_write(prepared))
 
     @rule(offset=offsets, length=st.integers(0, 5 * PAGE))
     def read(self, offset: int, length: int) -> None:

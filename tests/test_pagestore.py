@@ -850,3 +850,20 @@ StoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestStoreMachine = StoreMachine.TestCase
+
+
+def test_cheap_figures_match_statistics() -> None:
+    """pages_stored and mem_used_total (what getattr and statfs read) agree with
+    statistics() as data comes and goes."""
+    store = PageStore(64 * PAGE, make_codec("lz4"))
+    rnd = random.Random(7)
+    for _ in range(50):
+        off = rnd.randrange(0, 60) * PAGE
+        if rnd.random() < 0.3:
+            store.discard(off, rnd.randrange(1, 4) * PAGE)
+        else:
+            store.write(off, rnd.randbytes(rnd.randrange(1, 3 * PAGE)))
+        s = store.statistics()
+        assert store.pages_stored == s.pages_stored
+        assert store.mem_used_total == s.mem_used_total
+    assert store.pages_stored > 0 and store.mem_used_total > 0

@@ -163,7 +163,7 @@ class ZramOperations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | FILE_MODES["image"]
             a.st_nlink = 1
             a.st_size = device.disksize
-            used = device.store.statistics().mem_used_total if device.store else 0
+            used = device.store.mem_used_total if device.store else 0
             a.st_blocks = used // 512
         else:
             # fix (tests/test_reliability_security.py): hot_add was 0444, so with --allow-other
@@ -247,7 +247,7 @@ class ZramOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         total = sum(d.disksize for d in self.table) // PAGE_SIZE
-        used = sum(d.store.statistics().pages_stored for d in self.table if d.store)
+        used = sum(d.store.pages_stored for d in self.table if d.store)
         s.f_bsize = s.f_frsize = PAGE_SIZE
         s.f_blocks = total
         s.f_bfree = s.f_bavail = max(total - used, 0)

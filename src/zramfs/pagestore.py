@@ -258,6 +258,17 @@ class PageStore:
             raise ValueError(f"mem_limit {value} is negative")
         self._limit_pages = (value + _PAGE_MASK) >> _PAGE_SHIFT
 
+    @property
+    def pages_stored(self) -> int:
+        """Pages holding data (same-filled included): statistics().pages_stored, in O(1)."""
+        return self._stored
+
+    @property
+    def mem_used_total(self) -> int:
+        """statistics().mem_used_total in O(1), for getattr and statfs, which would
+        otherwise walk every zspage for the pool's per-class figures."""
+        return self._pool.total_pages << _PAGE_SHIFT
+
     def _now(self) -> int:
         return int(self._clock() - self._t0) & 0xFFFFFFFF
 
@@ -716,7 +727,7 @@ class PageStore:
         return StoreStatistics(
             orig_data_size=self._stored << _PAGE_SHIFT,
             compr_data_size=self._compr,
-            mem_used_total=pool.total_pages << _PAGE_SHIFT,
+            mem_used_total=self.mem_used_total,
             mem_limit=self._limit_pages << _PAGE_SHIFT,
             mem_used_max=max(self._max_pages, self._pool.peak_pages) << _PAGE_SHIFT,
             same_pages=self._same,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from .codecs import ALGORITHMS
 from .daemon import RUN_DIR, MountConfig, pidfile_path
-from .holders import holders_under, openers_under, zramfs_mounts
+from .holders import Holder, holders_under, openers_under, zramfs_mounts
 from .report import COLUMNS, EXTRA_COLUMNS, StatusRow, render_json, render_table
 from .sizes import parse_size
 
@@ -226,13 +226,13 @@ def _fuse_connection(mountpoint: str) -> str | None:
     return None
 
 
-def _force_umount(mountpoint: str, held: Sequence[object]) -> int:
+def _force_umount(mountpoint: str, held: Sequence[Holder]) -> int:
     """Abort the FUSE connection so nothing waits on it, then take everything down."""
     conn = _fuse_connection(mountpoint)
     if conn and os.path.exists(conn):
         with open(os.path.join(conn, "abort"), "w") as f:
             f.write("1")
-    for h in holders_under(mountpoint):
+    for h in held:
         for m in h.mounts:
             subprocess.run(["umount", "-l", m], check=False)
         if h.swap:

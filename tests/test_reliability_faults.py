@@ -71,7 +71,7 @@ def mixed_data(size: int, seed: int) -> bytes:
 
 
 def test_kill_9_while_a_loop_device_is_in_use(registry: Resources) -> None:
-    m = registry.mount_zramfs(size="128M")
+    m = registry.mount_zramfs(size="4G")
     pid = m.pid()
     dev = registry.loop(m.image())
     direct_write(dev, 0, mixed_data(16 * MiB, seed=1))

@@ -23,7 +23,7 @@ deps:
 	@modprobe fuse 2>/dev/null || true
 	@modprobe loop 2>/dev/null || true
 
-$(BIN)/zramfs: pyproject.toml setup.py src/zramfs/_fallocate.c | deps
+$(BIN)/zramfs: pyproject.toml setup.py zramfs/_fallocate.c | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,bench]'
@@ -49,11 +49,11 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check zramfs tests benchmarks
 	$(BIN)/mypy
 
 umount:
 	$(BIN)/zramfs umount $(MOUNTPOINT)
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/zramfs/*.so
+	rm -rf $(VENV) build *.egg-info zramfs/*.so

@@ -4,7 +4,7 @@ pyfuse3 registers no fallocate handler, so without help the kernel's
 FALLOC_FL_PUNCH_HOLE (which the loop driver sends for discard) is answered
 EOPNOTSUPP and never reaches the daemon.  `_fallocate.c` is built as a plain
 shared library (it is loaded with ctypes, never imported) and adds the
-handler; see src/zramfs/fallocate.py.
+handler; see zramfs/fallocate.py.
 """
 
 import subprocess
@@ -21,7 +21,7 @@ setup(
     ext_modules=[
         Extension(
             "zramfs._fallocate",
-            sources=["src/zramfs/_fallocate.c"],
+            sources=["zramfs/_fallocate.c"],
             extra_compile_args=pkg_config("--cflags") + ["-O2", "-Wall"],
             extra_link_args=pkg_config("--libs") + ["-ldl"],
         )

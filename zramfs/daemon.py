@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fallocate
+from . import fallocate, zsmalloc
 from .device import DeviceTable
 from .holders import holders_under
 
@@ -55,6 +55,9 @@ def harden() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
         log.warning("mlockall failed: %s", os.strerror(ctypes.get_errno()))
+        zsmalloc.set_memory_locked(False)
+    else:
+        zsmalloc.set_memory_locked(True)  # zspage releases munlock before MADV_DONTNEED
     if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
         log.warning("PR_SET_IO_FLUSHER failed: %s", os.strerror(ctypes.get_errno()))
 

@@ -12,7 +12,9 @@ lets compact() move objects from sparse zspages into full ones behind the caller
 per-object and per-zspage state lives in flat ``array`` columns (free slots are chained
 in-band in the object memory, freed handles in-band in the handle table), partially used
 zspages sit in the kernel's fullness groups, and full zspages are in no Python container at
-all. The pool is not thread-safe: one owner (the event loop) calls it.
+all. As in the kernel, each class keeps its counters (live objects, zspages) up to date as
+objects and zspages come and go, so statistics() costs the same whatever the pool holds. The
+pool is not thread-safe: one owner (the event loop) calls it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "PoolStatistics",
     "SizeClass",
     "ZsPool",
+    "set_memory_locked",
 ]
 
 PAGE_SIZE = 4096
@@ -70,6 +73,17 @@ _PARTIAL_GROUPS_DESC = tuple(range(_GROUP_FULL - 1, _GROUP_EMPTY, -1))  # 10 (99
 
 _MLOCK_ONFAULT = 1
 _LIBC: ctypes.CDLL | None = None
+# Whether the process runs under mlockall(MCL_FUTURE | MCL_ONFAULT), which makes the kernel
+# refuse MADV_DONTNEED (EINVAL) on the locked arenas. None: not known yet. The daemon says so
+# once through set_memory_locked(); a process that locked its memory without saying so is
+# found out at its first zspage release (one EINVAL), and the answer is kept from then on.
+_memory_locked: bool | None = None
+
+
+def set_memory_locked(locked: bool) -> None:
+    """Tell every pool whether the process's memory is mlockall()ed (the daemon's harden())."""
+    global _memory_locked
+    _memory_locked = locked
 
 
 def _libc() -> ctypes.CDLL:
@@ -212,6 +226,8 @@ class ZsPool:
         "_loc",
         "_hsize",
         "_hfree",
+        "_cls_used",
+        "_cls_zspages",
     )
 
     def __init__(self) -> None:
@@ -243,6 +259,10 @@ class ZsPool:
         self._loc = array("Q", [0])
         self._hsize = array("H", [0])
         self._hfree = 0
+        # Per-class counters kept as objects and zspages come and go (statistics() reads
+        # them; the kernel's class_stat_inc/dec): live objects, and zspages held.
+        self._cls_used = array("Q", [0] * len(CLASSES))
+        self._cls_zspages = array("Q", [0] * len(CLASSES))
 
     # ----------------------------------------------------------------- public interface
 
@@ -278,6 +298,7 @@ class ZsPool:
         zinuse = self._zinuse
         n = zinuse[zid] + 1
         zinuse[zid] = n
+        self._cls_used[c] += 1
         if n == _COBJS[c]:
             self._cur[c] = -1
         loc = self._loc
@@ -318,6 +339,7 @@ class ZsPool:
         off = self._take_slot(zid, c)
         n = self._zinuse[zid] + 1
         self._zinuse[zid] = n
+        self._cls_used[c] += 1
         if n == _COBJS[c]:
             self._cur[c] = -1  # full: tracked nowhere until a free makes room
         h = self._hfree
@@ -370,6 +392,7 @@ class ZsPool:
         n = self._zinuse[zid]
         m = n - 1
         self._zinuse[zid] = m
+        self._cls_used[c] -= 1
         cur = self._cur[c]
         gt = _GTAB[c]
         if not m:
@@ -459,7 +482,33 @@ class ZsPool:
         return freed
 
     def statistics(self) -> PoolStatistics:
-        """An immutable snapshot of the pool and per-class counters."""
+        """An immutable snapshot of the pool and per-class counters: O(classes), not
+        O(pool), since the counters are kept as objects and zspages come and go."""
+        used = self._cls_used
+        zspages = self._cls_zspages
+        out = []
+        for sc in CLASSES:
+            z = zspages[sc.index]
+            allocated = z * sc.objs_per_zspage
+            objs_used = used[sc.index]
+            out.append(
+                ClassStatistics(
+                    size=sc.size,
+                    objs_per_zspage=sc.objs_per_zspage,
+                    pages_per_zspage=sc.pages_per_zspage,
+                    objs_allocated=allocated,
+                    objs_used=objs_used,
+                    pages_used=z * sc.pages_per_zspage,
+                    freeable_pages=(allocated - objs_used)
+                    // sc.objs_per_zspage
+                    * sc.pages_per_zspage,
+                )
+            )
+        return PoolStatistics(self._total_pages, self._pages_compacted, tuple(out))
+
+    def _recount(self) -> PoolStatistics:
+        """statistics() recomputed from scratch by a walk over every zspage (for tests:
+        the kept counters must always equal this)."""
         ncls = len(CLASSES)
         inuse = np.array(self._zinuse, dtype=np.int64)
         cls = np.array(self._zcls, dtype=np.int64)
@@ -483,7 +532,8 @@ class ZsPool:
                     * sc.pages_per_zspage,
                 )
             )
-        return PoolStatistics(self._total_pages, self._pages_compacted, tuple(out))
+        total = int(sum(int(zspages[sc.index]) * sc.pages_per_zspage for sc in CLASSES))
+        return PoolStatistics(total, self._pages_compacted, tuple(out))
 
     # ------------------------------------------------------------------------ internals
 
@@ -526,6 +576,7 @@ class ZsPool:
         base = zid << 3
         for k, pg in enumerate(pages):
             self._zpages[base + k] = pg
+        self._cls_zspages[c] += 1
         total = self._total_pages + ppz
         self._total_pages = total
         if total > self._peak_pages:
@@ -549,7 +600,8 @@ class ZsPool:
 
     def _release_zspage(self, zid: int) -> None:
         """Return an empty zspage's pages to the OS and its id for reuse."""
-        ppz = _CPPZ[self._zcls[zid]]
+        c = self._zcls[zid]
+        ppz = _CPPZ[c]
         base = zid << 3
         pages = sorted(self._zpages[base : base + ppz])
         # madvise each run of consecutive pages within one arena in a single call.
@@ -563,28 +615,35 @@ class ZsPool:
         pages.reverse()  # so they pop back lowest first, contiguous for the next zspage
         self._free_pages.extend(pages)
         self._total_pages -= ppz
+        self._cls_zspages[c] -= 1
         self._zinuse[zid] = 0
         self._free_zids.append(zid)
 
     def _dontneed(self, first: int, count: int) -> None:
+        global _memory_locked
         arena = first >> _ARENA_SHIFT
         offset = (first & _ARENA_MASK) << _PAGE_SHIFT
         length = count << _PAGE_SHIFT
-        try:
-            self._arenas[arena].madvise(mmap.MADV_DONTNEED, offset, length)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            # The daemon runs under mlockall(MCL_FUTURE | MCL_ONFAULT) so that swap never
-            # needs memory the kernel must first swap out, and the kernel refuses DONTNEED
-            # on locked pages. Unlock the run, drop it, then lock it again on-fault: the
-            # pages are gone now and come back (locked) only when a zspage touches them.
-            addr = self._bases[arena] + offset
-            libc = _libc()
-            if libc.munlock(ctypes.c_void_p(addr), ctypes.c_size_t(length)) != 0:
-                raise OSError(ctypes.get_errno(), "munlock failed") from exc
-            self._arenas[arena].madvise(mmap.MADV_DONTNEED, offset, length)
-            libc.mlock2(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MLOCK_ONFAULT)
+        if not _memory_locked:
+            try:
+                self._arenas[arena].madvise(mmap.MADV_DONTNEED, offset, length)
+                return
+            except OSError as exc:
+                # EINVAL on a private anonymous mapping means the pages are locked; that
+                # is learnt once (see _memory_locked), anything else is a real failure.
+                if exc.errno != errno.EINVAL or _memory_locked is not None:
+                    raise
+                _memory_locked = True
+        # The daemon runs under mlockall(MCL_FUTURE | MCL_ONFAULT) so that swap never needs
+        # memory the kernel must first swap out, and the kernel refuses DONTNEED on locked
+        # pages. Unlock the run, drop it, then lock it again on-fault: the pages are gone now
+        # and come back (locked) only when a zspage touches them.
+        addr = self._bases[arena] + offset
+        libc = _libc()
+        if libc.munlock(ctypes.c_void_p(addr), ctypes.c_size_t(length)) != 0:
+            raise OSError(ctypes.get_errno(), "munlock failed")
+        self._arenas[arena].madvise(mmap.MADV_DONTNEED, offset, length)
+        libc.mlock2(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MLOCK_ONFAULT)
 
     def close(self) -> None:
         """Unmap every arena now rather than when the pool is collected."""

@@ -53,6 +53,8 @@ class DeviceStatistics:
     initialised: bool
     open_count: int
     store: StoreStatistics | None
+    backing_dev: str = "none"  # the backing store's path, "none" when unset
+    auto_writeback: int = 0  # percent of mem_limit (0: off)
 
 
 def _text(data: bytes) -> str:

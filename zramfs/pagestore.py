@@ -138,6 +138,13 @@ class StoreStatistics:
     pages_stored: int
     idle_pages: int
     pool: PoolStatistics
+    # The writeback and recompression tier (bd_stat's columns are in 4 KiB pages).
+    bd_count: int = 0  # pages now on the backing store
+    bd_reads: int = 0  # pages read from it
+    bd_writes: int = 0  # pages written to it
+    recompressed_pages: int = 0  # pages now stored with a secondary algorithm
+    writeback_limit: int = 0  # pages the writeback budget has left
+    writeback_limit_enable: bool = False
 
 
 class PreparedWrite:

@@ -54,6 +54,14 @@ def render_stats(s: DeviceStatistics) -> str:
         f"failed reads     {st.failed_reads}",
         f"failed writes    {st.failed_writes}",
         f"discarded        {st.notify_free} pages",
+        f"backing store    {s.backing_dev}",
+        f"written back     {st.bd_count} pages now ({format_size(st.bd_count * PAGE_SIZE)}), "
+        f"{st.bd_writes} written, {st.bd_reads} read back",
+        f"writeback limit  "
+        + (f"{st.writeback_limit} pages left" if st.writeback_limit_enable else "off"),
+        f"recompressed     {st.recompressed_pages} pages",
+        f"auto writeback   "
+        + (f"at {s.auto_writeback}% of the mem limit" if s.auto_writeback else "off"),
     ]
     return "\n".join(lines) + "\n"
 

@@ -53,6 +53,15 @@ def _is_mounted(mountpoint: str) -> bool:
     return os.path.abspath(mountpoint) in zramfs_mounts()
 
 
+def _enclosing_zramfs(mountpoint: str) -> str | None:
+    """The zramfs mount point that ``mountpoint`` lies strictly inside, if any."""
+    for base in (os.path.abspath(mountpoint), os.path.realpath(mountpoint)):
+        for mount in zramfs_mounts():
+            if base.startswith(mount.rstrip("/") + "/"):
+                return mount
+    return None
+
+
 def _read_pid(mountpoint: str) -> int | None:
     try:
         with open(pidfile_path(mountpoint)) as f:
@@ -79,6 +88,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise CliError("zramfs mount needs root (loop devices, mlockall, /dev/fuse)")
     if _is_mounted(mountpoint):
         raise CliError(f"{mountpoint}: zramfs is already mounted there")
+    inside = _enclosing_zramfs(mountpoint)
+    if inside is not None:
+        # A mount over one of its device directories would hide that device's image and
+        # control files from everyone (status included) while the daemon keeps serving it.
+        raise CliError(
+            f"{mountpoint}: inside the zramfs mounted at {inside}; choose a directory outside it"
+        )
     if args.devices < 1 or args.devices > 255:
         raise CliError("--devices must be between 1 and 255")
     os.makedirs(mountpoint, exist_ok=True)

@@ -246,8 +246,17 @@ def _read_dictionary(path: str) -> bytes:
     return data
 
 
-def make_codec(name: str, level: int | None = None, dict_path: str | None = None) -> Codec:
+def make_codec(
+    name: str,
+    level: int | None = None,
+    dict_path: str | None = None,
+    dictionary: bytes | None = None,
+) -> Codec:
     """The codec for algorithm ``name`` with an optional level and dictionary file.
+
+    With ``dictionary`` given, those are the dictionary's bytes (already read by the caller,
+    the daemon's shell, which knows what it may safely open) and ``dict_path`` only names it;
+    without, the file ``dict_path`` is read here.
 
     Raises CodecError for an unknown name, a level out of range, a parameter the algorithm
     does not take (a level for lz4, a dictionary for lz4hc or deflate) or a dictionary file
@@ -267,7 +276,8 @@ def make_codec(name: str, level: int | None = None, dict_path: str | None = None
             raise CodecError(f"{name} takes no dictionary (only lz4 and zstd do)")
         if not isinstance(dict_path, str) or not dict_path:
             raise CodecError(f"{name}: dictionary path must be a non-empty string")
-    dictionary = _read_dictionary(dict_path) if dict_path is not None else None
+    if dictionary is None and dict_path is not None:
+        dictionary = _read_dictionary(dict_path)
     if name == "lz4":
         return _Lz4(dictionary, dict_path)
     effective = level if level is not None else default

@@ -5,9 +5,13 @@ back (NOTES.md section 4), so before it serves the daemon locks its memory
 (mlockall with MCL_ONFAULT: pages are pinned as they are touched, so the
 pool's accounting stays honest) and marks itself an I/O flusher
 (PR_SET_IO_FLUSHER), which keeps its own allocations from recursing into
-reclaim.  SIGTERM and SIGINT unmount cleanly unless an image is in use, in
-which case the daemon says what holds it and keeps serving: stopping would
-turn every I/O of the holder into an error.
+reclaim.  SIGTERM, SIGINT, SIGHUP and SIGQUIT unmount cleanly unless an
+image is in use, in which case the daemon says what holds it and keeps
+serving: stopping would turn every I/O of the holder into an error.  Every
+other signal whose default action would end the process (USR1, USR2, ALRM,
+the profiling and power signals, the real-time signals) is answered with a
+log line and otherwise ignored; SIGPIPE and SIGXFSZ are already ignored by
+Python.  Only SIGKILL (and faults) can end the daemon at once.
 """
 
 from __future__ import annotations
@@ -30,6 +34,31 @@ MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 PR_SET_IO_FLUSHER = 57
 RUN_DIR = "/run/zramfs"
 RELEASE_GRACE_S = 2.0
+
+# Signals that ask the daemon to stop: unmount if no image is in use, else keep serving.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# Signals whose default action would kill the daemon, but which nobody sends to stop it
+# (a stray kill -USR1, a timer): logged and ignored, never fatal to a device in use.
+IGNORED_SIGNALS: tuple[int, ...] = (
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGPOLL,
+    signal.SIGPWR,
+    signal.SIGSTKFLT,
+    signal.SIGXCPU,
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
+
+
+def signal_name(signum: int) -> str:
+    """SIGUSR1, ..., or SIGRTMIN+n for a real-time signal (which has no Signals member)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
 
 
 @dataclass(frozen=True)
@@ -99,8 +128,14 @@ def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> No
         f.write(f"{os.getpid()}\n")
 
     async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS, *IGNORED_SIGNALS) as signals:
             async for signum in signals:
+                if signum in IGNORED_SIGNALS:
+                    log.warning(
+                        "%s ignored: zramfs stops only on TERM, INT, HUP or QUIT",
+                        signal_name(signum),
+                    )
+                    continue
                 # The kernel sends RELEASE asynchronously after the last close (and
                 # after losetup -d), so an image closed just before the signal may
                 # still count as open here: give those releases a moment to arrive.

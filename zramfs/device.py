@@ -25,7 +25,7 @@ from .codecs import (
     parse_algorithm_params,
 )
 from .pagestore import PAGE_SIZE, PageStore, StoreStatistics
-from .sizes import parse_size
+from .sizes import memparse
 
 DEFAULT_ALGORITHM = "lz4"
 # sysfs hands a store() at most one page; longer writes are refused outright.
@@ -57,16 +57,36 @@ class DeviceStatistics:
     auto_writeback: int = 0  # percent of mem_limit (0: off)
 
 
-def _text(data: bytes) -> str:
-    """Decode a control write as sysfs does: bytes up to a NUL, one trailing newline dropped."""
+def _raw_text(data: bytes) -> str:
+    """A control write as a store() sees it: kernfs ends the buffer with a NUL, so the text
+    stops at the first NUL in the data (what follows is ignored, as by the kernel)."""
     if len(data) > MAX_CONTROL_WRITE:
         raise ControlError(errno.EINVAL, f"write of {len(data)} bytes is over {MAX_CONTROL_WRITE}")
     data = data.split(b"\0", 1)[0]
     try:
-        text = data.decode("ascii")
+        return data.decode("ascii")
     except UnicodeDecodeError:
         raise ControlError(errno.EINVAL, "not ASCII text") from None
+
+
+def _text(data: bytes) -> str:
+    """_raw_text with one trailing newline dropped (what echo appends)."""
+    text = _raw_text(data)
     return text[:-1] if text.endswith("\n") else text
+
+
+def _kstrtoint(text: str) -> int:
+    """The kernel's kstrtoint(buf, 10) (lib/kstrtox.c): an optional '-' or '+', decimal
+    digits, at most one newline, nothing else (EINVAL); outside a C int, ERANGE. ``-0`` is 0."""
+    negative = text.startswith("-")
+    body = text[1:] if negative or text.startswith("+") else text
+    digits = body[:-1] if body.endswith("\n") else body
+    if not digits or not all("0" <= ch <= "9" for ch in digits):
+        raise ControlError(errno.EINVAL, f"not a number: {text!r}")
+    value = -int(digits) if negative else int(digits)
+    if not -(1 << 31) <= value < 1 << 31:
+        raise ControlError(errno.ERANGE, f"number out of range: {text!r}")
+    return value
 
 
 def _kstrtoul(text: str) -> int:
@@ -80,11 +100,13 @@ def _kstrtoul(text: str) -> int:
     return value
 
 
-def _memparse(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise ControlError(errno.EINVAL, str(exc)) from None
+def _memparse(text: str) -> tuple[int, int]:
+    """sizes.memparse (the kernel's, lax: a unit letter ends it, the rest is ignored), but
+    a value of 2**64 or more, which the kernel would silently wrap, is refused (EINVAL)."""
+    value, used = memparse(text)
+    if value >= 1 << 64:
+        raise ControlError(errno.EINVAL, f"size {text!r} is 2**64 bytes or more")
+    return value, used
 
 
 class ZramDevice:
@@ -109,6 +131,8 @@ class ZramDevice:
     def __init__(self, dev_id: int) -> None:
         self.dev_id = dev_id
         self.open_count = 0
+        # Set by DeviceTable.hot_remove: control files opened before then answer ENODEV.
+        self.removed = False
         self.store: PageStore | None = None
         self._reset_config()
         self._readers: dict[str, Callable[[], str]] = {
@@ -134,6 +158,7 @@ class ZramDevice:
         self.disksize = 0
         self.algorithm = DEFAULT_ALGORITHM
         self.params: dict[str, AlgorithmParams] = {}
+        self.dictionaries: dict[str, bytes] = {}  # algorithm -> its dict= file's bytes
         self.mem_limit = 0
 
     @property
@@ -156,12 +181,16 @@ class ZramDevice:
         reader = self._readers.get(attr)
         if reader is None:
             raise ControlError(errno.EACCES, f"{attr} is not readable")
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
         return reader().encode()
 
     def write_attr(self, attr: str, data: bytes) -> None:
         writer = self._writers.get(attr)
         if writer is None:
             raise ControlError(errno.EACCES, f"{attr} is not writable")
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
         writer(_text(data))
 
     # -- programmatic set-up (the CLI's --size/--algorithm/--mem-limit) -------------------
@@ -229,16 +258,23 @@ class ZramDevice:
         try:
             if p is None:
                 return make_codec(algorithm)
-            return make_codec(algorithm, level=p.level, dict_path=p.dict_path)
+            return make_codec(
+                algorithm,
+                level=p.level,
+                dict_path=p.dict_path,
+                dictionary=self.dictionaries.get(algorithm),
+            )
         except CodecError as exc:
             raise ControlError(errno.EINVAL, str(exc)) from None
 
     def _store_disksize(self, text: str) -> None:
-        size = _memparse(text)
+        # As disksize_store(): memparse, then 0 (which is also "nothing parsed") is EINVAL,
+        # before the EBUSY of an initialised device.
+        size, _ = _memparse(text)
+        if size == 0:
+            raise ControlError(errno.EINVAL, f"disksize {text!r}: not a size above 0")
         self._require_uninitialised("disksize")
         size = -(-size // PAGE_SIZE) * PAGE_SIZE
-        if size == 0:
-            raise ControlError(errno.EINVAL, "disksize must be greater than 0")
         # fix (tests/test_reliability_faults.py fuzz): a size of 2**63 or more was accepted
         # and then every stat of the image failed with EIO (OverflowError setting st_size).
         # The kernel answers ENOMEM for a size it cannot hold; so does this.
@@ -271,6 +307,21 @@ class ZramDevice:
         self.algorithm = name
 
     def _store_algorithm_params(self, text: str) -> None:
+        params = self._parse_algorithm_params(text)
+        if params.dict_path is not None:
+            # The dictionary file is read by the shell (zramfs.dictionary), on a worker
+            # thread: this pure core does no file I/O.
+            raise ControlError(errno.EINVAL, "dict= needs the shell to read the file first")
+        self.apply_algorithm_params(params, None)
+
+    def prepare_algorithm_params(self, data: bytes) -> AlgorithmParams:
+        """Validate an algorithm_params write as far as it can be without reading a file:
+        the shell calls this, reads params.dict_path if set, then apply_algorithm_params."""
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        return self._parse_algorithm_params(_text(data))
+
+    def _parse_algorithm_params(self, text: str) -> AlgorithmParams:
         try:
             params = parse_algorithm_params(text)
         except CodecError as exc:
@@ -285,14 +336,36 @@ class ZramDevice:
                 errno.EINVAL, f"algo={algo} is not the selected algorithm ({self.algorithm})"
             )
         self._require_uninitialised("algorithm_params")
-        try:  # validate now (level range, dictionary readable), not at disksize time
-            make_codec(algo, level=params.level, dict_path=params.dict_path)
+        return params
+
+    def apply_algorithm_params(self, params: AlgorithmParams, dictionary: bytes | None) -> None:
+        """Check ``params`` (from prepare_algorithm_params, with ``dictionary`` the bytes of
+        its dict= file) against the device as it is now, and take them."""
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        algo = params.algo or self.algorithm
+        if algo != self.algorithm:  # comp_algorithm changed while the file was read
+            raise ControlError(
+                errno.EINVAL, f"algo={algo} is not the selected algorithm ({self.algorithm})"
+            )
+        self._require_uninitialised("algorithm_params")
+        if params.dict_path is not None and dictionary is None:
+            raise ControlError(errno.EINVAL, f"dictionary {params.dict_path!r} was not read")
+        try:  # validate now (level range, dictionary usable), not at disksize time
+            make_codec(algo, level=params.level, dict_path=params.dict_path, dictionary=dictionary)
         except CodecError as exc:
             raise ControlError(errno.EINVAL, str(exc)) from None
         self.params[algo] = params
+        if dictionary is None:
+            self.dictionaries.pop(algo, None)
+        else:
+            self.dictionaries[algo] = dictionary
 
     def _store_mem_limit(self, text: str) -> None:
-        limit = -(-_memparse(text) // PAGE_SIZE) * PAGE_SIZE
+        value, used = _memparse(text)
+        if not used:  # as mem_limit_store(): nothing parsed is EINVAL, a rest is ignored
+            raise ControlError(errno.EINVAL, f"mem_limit {text!r}: not a size")
+        limit = -(-value // PAGE_SIZE) * PAGE_SIZE
         # fix (tests/test_reliability_faults.py fuzz): a value in the last page below 2**64
         # rounded up to 2**64, which the stats file and `zramfs status` cannot print (EIO,
         # a traceback).  The kernel's PAGE_ALIGN wraps it to 0; refuse it instead.
@@ -345,16 +418,15 @@ class DeviceTable:
 
     def hot_remove(self, data: bytes) -> ZramDevice:
         """Remove the device whose id is written; ENODEV unknown, EBUSY open."""
-        text = _text(data).strip()
-        body = text[1:] if text.startswith(("+", "-")) else text
-        if not body.isdigit() or not body.isascii():
-            raise ControlError(errno.EINVAL, f"not a device id: {text!r}")
-        dev_id = int(text)
+        dev_id = _kstrtoint(_raw_text(data))  # as hot_remove_store(), so "-0" is 0
+        if dev_id < 0:
+            raise ControlError(errno.EINVAL, f"no device id is negative: {dev_id}")
         device = self._devices.get(dev_id)
         if device is None:
             raise ControlError(errno.ENODEV, f"no device zram{dev_id}")
         if device.open_count:
             raise ControlError(errno.EBUSY, f"zram{dev_id} is open")
         del self._devices[dev_id]
+        device.removed = True
         device.reset()
         return device

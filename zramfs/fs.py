@@ -29,6 +29,7 @@ import pyfuse3
 import trio
 
 from .device import ControlError, DeviceTable, ZramDevice
+from .dictionary import read_dictionary
 from .fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from .pagestore import PAGE_SIZE, MemLimitExceeded, OutOfRange, PageCorrupt
 from .report import render_stats
@@ -53,6 +54,9 @@ CONTROL_FILE_SIZE = 4096
 # reads from 660 to 1180 (benchmarks/README.md, "Where the time goes").  Small requests are
 # always inline.
 THREAD_THRESHOLD = 128 * 1024
+# How long reading a dictionary file named in algorithm_params may take before the write
+# answers ETIMEDOUT (the read runs on a worker thread; the event loop never waits for it).
+DICTIONARY_TIMEOUT_S = 10.0
 
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
@@ -337,6 +341,8 @@ class ZramOperations(pyfuse3.Operations):
         try:
             f = self._file(fh)
             if f.name != "image":
+                if f.name == "algorithm_params" and f.device is not None:
+                    return await self._write_algorithm_params(f.device, buf)
                 return self._write_control(f, buf)
             device = f.device
             assert device is not None
@@ -367,11 +373,37 @@ class ZramOperations(pyfuse3.Operations):
         if f.name == "hot_remove":
             removed = self.table.hot_remove(buf)
             self._generation.pop(removed.dev_id, None)
-            pyfuse3.invalidate_entry_async(ROOT_INODE, os.fsencode(removed.name))
+            # ENOENT means the kernel had no dentry for it cached: nothing to invalidate.
+            pyfuse3.invalidate_entry_async(
+                ROOT_INODE, os.fsencode(removed.name), ignore_enoent=True
+            )
         elif f.device is not None:
             f.device.write_attr(f.name, buf)
         else:
             raise pyfuse3.FUSEError(errno.EACCES)
+        return len(buf)
+
+    async def _write_algorithm_params(self, device: ZramDevice, buf: bytes) -> int:
+        """algorithm_params: a dict= file is read on a worker thread with a timeout, and only
+        if it is a regular file of bounded size on no zramfs mount (zramfs.dictionary), so
+        no path a user names can stall the event loop or make the daemon wait on itself."""
+        params = device.prepare_algorithm_params(buf)
+        dictionary = None
+        if params.dict_path is not None:
+            path = params.dict_path
+            with trio.move_on_after(DICTIONARY_TIMEOUT_S):
+                try:
+                    dictionary = await trio.to_thread.run_sync(
+                        read_dictionary, path, abandon_on_cancel=True
+                    )
+                except ControlError as exc:
+                    log.info("%s/algorithm_params: %s", device.name, exc.strerror)
+                    raise
+            if dictionary is None:
+                log.info("%s/algorithm_params: reading %r timed out", device.name, path)
+                raise pyfuse3.FUSEError(errno.ETIMEDOUT)
+        # No await from here on: checked and applied against the device as it is now.
+        device.apply_algorithm_params(params, dictionary)
         return len(buf)
 
     def fallocate(self, inode: int, mode: int, off: int, length: int, fh: int) -> int:

@@ -10,14 +10,16 @@ sign, an empty string or a value of 2**64 or more raises ValueError, so a typo n
 a surprising size. ``format_size`` renders a byte count like util-linux's
 size_to_human_string() with one-letter suffixes, which is what zramctl shows ("0B", "4K",
 "1.5M", "4G"): the largest binary unit not above the value, one decimal rounded half up, a
-trailing ".0" dropped.
+trailing ".0" dropped. ``memparse`` is the kernel's own, lax reading for the control files
+(disksize, mem_limit), where zramfs must answer as sysfs does: it returns the value and how
+many characters it used, and the caller decides what an unparsed rest means.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["format_size", "parse_size"]
+__all__ = ["format_size", "memparse", "parse_size"]
 
 _U64_LIMIT = 1 << 64
 _SHIFTS = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
@@ -55,6 +57,47 @@ def parse_size(text: str) -> int:
     if value >= _U64_LIMIT:
         raise ValueError(f"size {body!r} is too large: it must be below 2**64 bytes")
     return value
+
+
+_DIGITS = "0123456789"
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def memparse(text: str) -> tuple[int, int]:
+    """The kernel's memparse() (lib/cmdline.c) exactly, except that it cannot wrap: (value,
+    characters used). A C base-0 number as simple_strtoull() reads it (no sign, no leading
+    space; ``0x`` only before a hex digit, else a leading ``0`` means octal), then at most
+    one suffix letter K M G T P E in either case; reading stops at the first other character
+    and the rest is left to the caller, so ``1GiB`` is 1 GiB with 2 characters unused and
+    ``1 G`` is 1 byte. Nothing parsed gives (0, 0). The kernel's unsigned 64-bit arithmetic
+    wraps silently on overflow; here the value is exact and the caller checks its range.
+
+    >>> memparse("1GiB"), memparse("1 G"), memparse("0x10k\n"), memparse("x")
+    ((1073741824, 2), (1, 1), (16384, 5), (0, 0))
+    """
+    n = len(text)
+    i = 0
+    base = 10
+    if text[:1] == "0":
+        if text[1:2] in ("x", "X") and text[2:3] in _HEX_DIGITS:
+            base = 16
+            i = 2
+        else:
+            base = 8
+    start = i
+    digits = _HEX_DIGITS if base == 16 else _DIGITS[:base]
+    while i < n and text[i] in digits:
+        i += 1
+    if i == start:
+        return 0, 0
+    value = int(text[start:i], base)
+    shift = _SUFFIX_SHIFT.get(text[i : i + 1].lower()) if i < n else None
+    if shift is not None:
+        value <<= shift
+        i += 1
+    return value, i
+
 
 
 def format_size(n: int) -> str:

@@ -10,14 +10,23 @@ pages; a page whose 8-byte words are all equal (zero included) stores only that 
 and a page that compresses to zsmalloc.HUGE_CLASS_SIZE bytes or more is stored raw (HUGE),
 as drivers/block/zram/zram_drv.c does. Any byte offset and length work: partial pages are
 read-modify-written, unwritten pages read as zeros, and an I/O past the disk size raises
-OutOfRange before anything changes. mem_limit fails a page whose allocation takes the pool
-over the limit with MemLimitExceeded (ENOMEM), leaving that page and the later ones of the
-call untouched, as the kernel does (allocate first, check, free the new object on failure).
-The counters are those of mm_stat and io_stat with the kernel's exact semantics. For the
-FUSE mount the work is split so that compression and decompression can run on worker
-threads (prepare_write, finish_read: CPU only, thread-safe, no state touched) while the page
-table and the pool are only touched by one owner thread (commit_write, fetch, discard and the
-rest, which never block).
+OutOfRange before anything changes. mem_limit and the peak (mem_used_max) are kept here, as
+zram_write_page does: allocate, compare the pool's pages to the limit, free the new object
+and fail with MemLimitExceeded (ENOMEM) when it is over, leaving that page and the later ones
+of the call untouched. The counters are those of mm_stat, io_stat and bd_stat with the
+kernel's semantics. The writeback tier lives in the same table: a written-back page (WB)
+holds the number of its block on a backing store and the size of the object written there;
+which pages go is chosen here (select_writeback, cold_pages) and the move is two steps around
+the I/O, begin_writeback (snapshot the objects, allocate blocks, mark the slots PP) and
+end_writeback (switch a slot to WB only if it is still marked, so a page overwritten or
+discarded meanwhile keeps its newest data). Recompression with secondary algorithms
+(recompress) replaces an object only by a smaller one, else flags it incompressible. For the
+FUSE mount the work is split so that compression, decompression and backing I/O can run on
+worker threads (prepare_write, finish_read: CPU only, thread-safe, no state touched; fetch
+lists the blocks a read needs, fill_backing takes them) while the page table and the pool
+are only touched by one owner thread (commit_write, fetch, discard and the rest, which never
+block; the one exception is read_block, a callable the shell attaches for the rare
+read-modify-write of part of a written-back page).
 """
 
 from __future__ import annotations
@@ -26,14 +35,15 @@ import errno
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .blockmap import BlockMap
 from .codecs import Codec, DecompressError
-from .zsmalloc import HUGE_CLASS_SIZE, PoolStatistics, ZsPool
+from .zsmalloc import HUGE_CLASS_SIZE, PoolStatistics, ZsPool, size_class
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -43,11 +53,17 @@ __all__ = [
     "FLAG_HUGE",
     "FLAG_IDLE",
     "FLAG_INCOMPRESSIBLE",
+    "FLAG_PP",
     "FLAG_RECOMPRESSED",
     "FLAG_SAME",
     "FLAG_STORED",
     "FLAG_WB",
     "PAGE_SIZE",
+    "MAX_PRIORITY",
+    "WB_HUGE",
+    "WB_IDLE",
+    "WB_INCOMPRESSIBLE",
+    "BackingReadError",
     "MemLimitExceeded",
     "OutOfRange",
     "PageCorrupt",
@@ -55,6 +71,7 @@ __all__ = [
     "PendingRead",
     "PreparedWrite",
     "StoreStatistics",
+    "WritebackBatch",
 ]
 
 PAGE_SIZE = 4096
@@ -64,19 +81,32 @@ _CHUNK_SHIFT = 9
 CHUNK_PAGES = 1 << _CHUNK_SHIFT  # 512 pages (2 MiB of device) per page-table chunk
 _CHUNK_MASK = CHUNK_PAGES - 1
 
-# Per-page flags (one byte). STORED marks an allocated slot; WB, RECOMPRESSED and
-# INCOMPRESSIBLE are reserved for the writeback and recompression tiers.
+# Per-page flags (one byte). STORED marks an allocated slot.
 FLAG_SAME = 0x01  # the value is the fill word; no pool object
 FLAG_HUGE = 0x02  # the pool object is the raw 4096-byte page
 FLAG_IDLE = 0x04  # marked by mark_idle(), cleared by any access
-FLAG_WB = 0x08  # written back to a backing device (reserved)
-FLAG_RECOMPRESSED = 0x10  # recompressed with a secondary algorithm (reserved)
-FLAG_INCOMPRESSIBLE = 0x20  # recompression found nothing better (reserved)
+FLAG_WB = 0x08  # on the backing store: value = block << _WB_SHIFT | object size
+FLAG_RECOMPRESSED = 0x10  # compressed with a secondary algorithm (its priority: _prio)
+FLAG_INCOMPRESSIBLE = 0x20  # recompression found nothing smaller: skipped next time
+FLAG_PP = 0x40  # under post-processing: a writeback is in flight (any rewrite clears it)
 FLAG_STORED = 0x80
+_WB_SHIFT = 13  # a WB value keeps the object size (1..4096) in its low 13 bits
+_WB_SIZE = (1 << _WB_SHIFT) - 1
+# Flags that keep a page out of writeback and recompression (kernel: ZRAM_WB, ZRAM_SAME and
+# slots already being post-processed).
+_NOT_MOVABLE = FLAG_SAME | FLAG_WB | FLAG_PP
+_SPECIAL = FLAG_WB | FLAG_RECOMPRESSED  # pages a read cannot serve from the primary codec
+
+# writeback's modes (the kernel's IDLE_WRITEBACK etc.); 0 = any page
+WB_HUGE = 1
+WB_IDLE = 2
+WB_INCOMPRESSIBLE = 4
+MAX_PRIORITY = 3  # recompression algorithms have priorities 1..3 (ZRAM_MAX_COMPS - 1)
 _NOT_IDLE = 0xFF ^ FLAG_IDLE
 _FLAGS_STORED_SAME = FLAG_STORED | FLAG_SAME
 _FLAGS_STORED_HUGE = FLAG_STORED | FLAG_HUGE
 _STORED_OR_SAME = FLAG_STORED | FLAG_SAME
+_POOL_MASK = FLAG_STORED | FLAG_SAME | _SPECIAL  # == FLAG_STORED: a primary-codec pool object
 
 # Below this many full pages a request checks for same-filled pages page by page; from it
 # on, one numpy pass over the whole request finds the candidates (about 0.04 us a page).
@@ -103,6 +133,15 @@ class MemLimitExceeded(OSError):
         super().__init__(errno.ENOMEM, f"zram mem_limit of {limit} bytes reached")
         self.written = written
         self.limit = limit
+
+
+class BackingReadError(OSError):
+    """A written-back page whose block could not be read (errno EIO); counted in
+    failed_reads."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(errno.EIO, f"page {index}: backing store read failed: {reason}")
+        self.index = index
 
 
 class PageCorrupt(OSError):
@@ -180,13 +219,41 @@ class PendingRead:
     A payload is an int (fill word; 0 also for unwritten pages), PAGE_SIZE raw bytes or a
     shorter compressed block."""
 
-    __slots__ = ("offset", "length", "first", "payloads")
+    __slots__ = ("offset", "length", "first", "payloads", "backing")
 
     def __init__(self, offset: int, length: int, first: int, payloads: list[int | bytes]) -> None:
         self.offset = offset
         self.length = length
         self.first = first
         self.payloads = payloads
+        # Written-back pages still to read: (position in payloads, block, size, priority);
+        # the shell reads the blocks and hands them to PageStore.fill_backing().
+        self.backing: list[tuple[int, int, int, int]] | None = None
+
+    @property
+    def blocks(self) -> list[int]:
+        """The backing blocks this read needs (empty: none)."""
+        return [b for _, b, _, _ in self.backing] if self.backing else []
+
+
+class WritebackBatch:
+    """Pages on their way to the backing store (made by PageStore.begin_writeback).
+
+    ``blocks[k]`` receives ``data[k]``, the compressed object of page ``indices[k]`` as it
+    was when the batch began; ``stopped`` is the errno that cut the batch short (EIO: the
+    writeback_limit budget is used up; ENOSPC: the backing store is full), else 0."""
+
+    __slots__ = ("indices", "handles", "blocks", "data", "stopped")
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+        self.handles: list[int] = []
+        self.blocks: list[int] = []
+        self.data: list[bytes] = []
+        self.stopped = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class _Chunk:
@@ -195,7 +262,7 @@ class _Chunk:
     __slots__ = ("vals", "flags", "atime", "used")
 
     def __init__(self) -> None:
-        self.vals = array("Q", _ZERO_Q)  # pool handle, or fill word when FLAG_SAME
+        self.vals = array("Q", _ZERO_Q)  # pool handle, fill word (SAME) or block (WB)
         self.flags = bytearray(CHUNK_PAGES)
         self.atime = array("I", _ZERO_I)  # last access, seconds since the store was made
         self.used = 0  # slots with FLAG_STORED
@@ -237,12 +304,24 @@ class PageStore:
         self._huge_since = 0
         self._compr = 0
         self._idle = 0
-        self._max_pages = 0
+        self._max_pages = 0  # mem_used_max, in pages
         self._failed_reads = 0
         self._failed_writes = 0
         self._notify_free = 0
         self._reads = 0
         self._writes = 0
+        # The tier: backing blocks, bd_stat, the writeback budget, recompression.
+        self._blocks: BlockMap | None = None
+        self._read_block: Callable[[int], bytes] | None = None
+        self._batch: WritebackBatch | None = None
+        self._bd_count = 0
+        self._bd_reads = 0
+        self._bd_writes = 0
+        self.writeback_limit_enable = False
+        self.writeback_limit = 0  # pages the budget has left (counts down when enabled)
+        self._recomp: dict[int, Codec] = {}  # priority (1..3) -> secondary codec
+        self._prio: dict[int, int] = {}  # page index -> priority, for RECOMPRESSED pages
+        self._recompressed = 0
 
     # ---------------------------------------------------------------- configuration
 
@@ -276,6 +355,31 @@ class PageStore:
         otherwise walk every zspage for the pool's per-class figures."""
         return self._pool.total_pages << _PAGE_SHIFT
 
+    @property
+    def bd_count(self) -> int:
+        """Pages now on the backing store, in O(1) (the shell's read path asks it first)."""
+        return self._bd_count
+
+    @property
+    def blocks(self) -> BlockMap | None:
+        """The backing store's block map, once attach_backing() was called."""
+        return self._blocks
+
+    def attach_backing(self, nblocks: int, read_block: Callable[[int], bytes]) -> None:
+        """Give the store a backing store of ``nblocks`` 4 KiB blocks. ``read_block(n)``
+        returns block n (>= the object's size in bytes) and raises OSError on failure; it is
+        only called for a partial write or discard of a written-back page and by read()."""
+        if self._blocks is not None:
+            raise ValueError("the store already has a backing store")
+        self._blocks = BlockMap(nblocks)
+        self._read_block = read_block
+
+    def set_recompression(self, codecs: dict[int, Codec]) -> None:
+        """The secondary algorithms by priority (1..MAX_PRIORITY)."""
+        if any(not 1 <= p <= MAX_PRIORITY for p in codecs):
+            raise ValueError(f"recompression priorities are 1..{MAX_PRIORITY}")
+        self._recomp = dict(codecs)
+
     def _now(self) -> int:
         return int(self._clock() - self._t0) & 0xFFFFFFFF
 
@@ -292,18 +396,11 @@ class PageStore:
     def write(self, offset: int, data: Buffer) -> None:
         """Store ``data`` at byte ``offset``; MemLimitExceeded if the pool would pass the
         limit (the pages before the failing one are written)."""
-        if (
-            type(data) is bytes
-            and len(data) == PAGE_SIZE
-            and not offset & _PAGE_MASK
-            and 0 <= offset < self._disksize
-            and not self._closed
-        ):
+        if type(data) is bytes and len(data) == PAGE_SIZE and not offset & _PAGE_MASK:
             # One whole page (a 4 KiB request, the common small write): no batch objects.
-            payload = self._encode_one(data)
-            if not self._put(offset >> _PAGE_SHIFT, [payload], self._now(), self._limit_pages):
-                self._failed_writes += 1
-                raise MemLimitExceeded(0, self._limit_pages << _PAGE_SHIFT)
+            self._check(offset, PAGE_SIZE)
+            if not self._put(offset >> _PAGE_SHIFT, [self._encode_one(data)], self._now()):
+                raise self._write_failure(offset, offset)
             self._writes += 1
             return
         self.commit_write(self.prepare_write(offset, data))
@@ -334,21 +431,16 @@ class PageStore:
     def _encode_pages(self, mv: memoryview) -> list[int | bytes]:
         """Payloads for consecutive whole pages (CPU only)."""
         npages = mv.nbytes >> _PAGE_SHIFT
+        if npages < _NUMPY_SAME_MIN:
+            encode_one = self._encode_one
+            return [
+                encode_one(mv[pos : pos + PAGE_SIZE].tobytes())
+                for pos in range(0, npages << _PAGE_SHIFT, PAGE_SIZE)
+            ]
         compress = self._compress
         huge = HUGE_CLASS_SIZE
         out: list[int | bytes] = []
         append = out.append
-        if npages < _NUMPY_SAME_MIN:
-            for pos in range(0, npages << _PAGE_SHIFT, PAGE_SIZE):
-                page = mv[pos : pos + PAGE_SIZE]
-                raw = page.tobytes()
-                word = raw[:8]
-                if raw == word * _WORDS_PER_PAGE:
-                    append(int.from_bytes(word, "little"))
-                    continue
-                c = compress(raw)
-                append(raw if len(c) >= huge else c)
-            return out
         same = _same_filled(mv, npages)
         for k, pos in enumerate(range(0, npages << _PAGE_SHIFT, PAGE_SIZE)):
             if same is not None:
@@ -358,10 +450,12 @@ class PageStore:
                     continue
             page = mv[pos : pos + PAGE_SIZE]
             c = compress(page)
-            append(page.tobytes() if len(c) >= huge else c)
+            append(page.tobytes() if len(c) >= huge else c)  # (the rule of _encode_one)
         return out
 
     def _encode_one(self, raw: bytes) -> int | bytes:
+        """The payload of one page: its fill word if same-filled, the raw page if it
+        compresses to HUGE_CLASS_SIZE bytes or more, else the compressed bytes."""
         word = raw[:8]
         if raw[-8:] == word and raw == word * _WORDS_PER_PAGE:  # (last word: a cheap reject)
             return int.from_bytes(word, "little")
@@ -377,36 +471,36 @@ class PageStore:
         offset = prepared.offset
         self._check(offset, prepared.length)
         now = self._now()
-        limit = self._limit_pages
         head, tail = prepared.head, prepared.tail
         done = 0
         try:
             if head is not None:
                 index, at, piece = head
-                if not self._put(index, [self._merge(index, at, piece)], now, limit):
-                    raise self._limit_failure(prepared, index)
+                if not self._put(index, [self._merge(index, at, piece)], now):
+                    raise self._write_failure(offset, index << _PAGE_SHIFT)
                 done += 1
             payloads = prepared.payloads
             if payloads:
-                n = self._put(prepared.first, payloads, now, limit)
+                n = self._put(prepared.first, payloads, now)
                 done += n
                 if n < len(payloads):
-                    raise self._limit_failure(prepared, prepared.first + n)
+                    raise self._write_failure(offset, (prepared.first + n) << _PAGE_SHIFT)
             if tail is not None:
                 index, at, piece = tail
-                if not self._put(index, [self._merge(index, at, piece)], now, limit):
-                    raise self._limit_failure(prepared, index)
+                if not self._put(index, [self._merge(index, at, piece)], now):
+                    raise self._write_failure(offset, index << _PAGE_SHIFT)
                 done += 1
-        except PageCorrupt:
+        except (PageCorrupt, BackingReadError):
             self._failed_writes += 1
             raise
         finally:
             self._writes += done
 
-    def _limit_failure(self, prepared: PreparedWrite, index: int) -> MemLimitExceeded:
+    def _write_failure(self, offset: int, at: int) -> MemLimitExceeded:
+        """Count a write refused at mem_limit at byte ``at`` of a call that began at
+        ``offset`` (no logging, nothing else: refusing must cost next to nothing)."""
         self._failed_writes += 1
-        written = max(0, (index << _PAGE_SHIFT) - prepared.offset)
-        return MemLimitExceeded(written, self._limit_pages << _PAGE_SHIFT)
+        return MemLimitExceeded(max(0, at - offset), self._limit_pages << _PAGE_SHIFT)
 
     def _merge(self, index: int, at: int, piece: bytes) -> int | bytes:
         """The payload for page ``index`` with ``piece`` written at byte ``at``."""
@@ -431,23 +525,73 @@ class PageStore:
         val = chunk.vals[j]
         if f & FLAG_SAME:
             return _fill_page(val)
-        data = self._pool.read(val)
-        if f & FLAG_HUGE:
+        if f & FLAG_WB:
+            return self._decode(index, f, self._backing_object(index, val, touch), touch)
+        return self._decode(index, f, self._pool.read(val), touch)
+
+    def _backing_object(self, index: int, val: int, count_failure: bool) -> bytes:
+        """The object of a written-back page, read through read_block (synchronously)."""
+        read_block = self._read_block
+        assert read_block is not None  # a WB page implies attach_backing()
+        try:
+            data = read_block(val >> _WB_SHIFT)
+        except OSError as exc:
+            if count_failure:  # (else a write's merge: the write counts as failed)
+                with self._error_lock:
+                    self._failed_reads += 1
+            raise BackingReadError(index, str(exc)) from None
+        self._bd_reads += 1
+        return data[: val & _WB_SIZE]
+
+    def _decode(self, index: int, f: int, data: bytes, count_failure: bool = True) -> bytes:
+        """A page from its object: raw if huge, else decompressed with the algorithm that
+        made it (the primary, or a recompression priority)."""
+        if len(data) == PAGE_SIZE:
             return data
         try:
+            if f & FLAG_RECOMPRESSED:
+                return self._recomp[self._prio[index]].decompress(data, PAGE_SIZE)
             return self._decompress(data, PAGE_SIZE)
         except DecompressError as exc:
+            if count_failure:
+                with self._error_lock:
+                    self._failed_reads += 1
             raise PageCorrupt(index, str(exc)) from None
 
-    def _put(self, first: int, payloads: list[int | bytes], now: int, limit: int) -> int:
+    def _release(self, vals: array[int], j: int, f: int, index: int) -> None:
+        """Free what slot ``j`` (page ``index``, flags ``f`` != 0) holds and take it out of
+        the counters, as zram_free_page does; the caller overwrites or clears the slot."""
+        if f & FLAG_SAME:
+            self._same -= 1
+        elif f & FLAG_WB:
+            self._bd_count -= 1
+            blocks = self._blocks
+            assert blocks is not None
+            blocks.free(vals[j] >> _WB_SHIFT)
+        else:
+            self._compr -= self._pool.free(vals[j])
+            if f & FLAG_HUGE:
+                self._huge -= 1
+        if f & FLAG_IDLE:
+            self._idle -= 1
+        if f & FLAG_RECOMPRESSED:
+            self._recompressed -= 1
+            del self._prio[index]
+
+    def _put(self, first: int, payloads: list[int | bytes], now: int) -> int:
         """Store payloads for pages first, first+1, ...; return how many were stored (fewer
-        than given when the next allocation would take the pool over ``limit`` pages)."""
+        than given when the next allocation takes the pool over mem_limit: as in
+        zram_write_page the object is allocated, the pool's size compared with the limit
+        and the object freed again, so mem_used_max sees the transient page)."""
         pool = self._pool
         store = pool.store
         pfree = pool.free
+        release = self._release
         chunks = self._chunks
+        limit = self._limit_pages
+        peak = self._max_pages
         total = len(payloads)
-        d_stored = d_same = d_huge = d_huge_since = d_compr = d_idle = 0
+        d_stored = d_same = d_huge = d_compr = 0
         done = 0  # payloads stored so far
         chunk: _Chunk | None = None
         ci = -1
@@ -467,33 +611,30 @@ class PageStore:
                 added = 0
                 batch = payloads if count == total else payloads[done : done + count]
                 j = j0
+                base = ci << _CHUNK_SHIFT
                 for p in batch:
                     if type(p) is int:
                         new = p
                         nf = _FLAGS_STORED_SAME
                         d_same += 1
                     else:
-                        new = store(p, limit)  # type: ignore[arg-type]
-                        if not new:
+                        new = store(p)  # type: ignore[arg-type]
+                        used = pool.total_pages
+                        if used > peak:
+                            peak = used
+                        if limit and used > limit:
+                            pfree(new)
                             break  # over mem_limit: this page and the rest stay as they were
                         n = len(p)  # type: ignore[arg-type]
                         d_compr += n
                         if n == PAGE_SIZE:
                             nf = _FLAGS_STORED_HUGE
                             d_huge += 1
-                            d_huge_since += 1
                         else:
                             nf = FLAG_STORED
                     old = flags[j]
                     if old:
-                        if old & FLAG_SAME:
-                            d_same -= 1
-                        else:
-                            d_compr -= pfree(vals[j])
-                            if old & FLAG_HUGE:
-                                d_huge -= 1
-                        if old & FLAG_IDLE:
-                            d_idle -= 1
+                        release(vals, j, old, base + j)
                     else:
                         added += 1
                     vals[j] = new
@@ -511,12 +652,12 @@ class PageStore:
             if added and chunk is not None:  # an exception in the middle of a chunk
                 chunk.used += added
                 d_stored += added
+            self._max_pages = peak
             self._stored += d_stored
             self._same += d_same
             self._huge += d_huge
-            self._huge_since += d_huge_since
+            self._huge_since += d_huge
             self._compr += d_compr
-            self._idle += d_idle
             if chunk is not None and not chunk.used:
                 del chunks[ci]  # created for a page that could not be stored
         return done
@@ -524,27 +665,31 @@ class PageStore:
     # ------------------------------------------------------------------------ reads
 
     def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; unwritten pages read as zeros."""
-        if (
-            length == PAGE_SIZE
-            and not offset & _PAGE_MASK
-            and 0 <= offset < self._disksize
-            and not self._closed
-        ):
+        """``length`` bytes at ``offset``; unwritten pages read as zeros. Written-back
+        pages are read through read_block (the mount uses fetch/fill_backing instead)."""
+        if length == PAGE_SIZE and not offset & _PAGE_MASK:
             # One whole page (a 4 KiB request, the common small read): no batch objects.
-            index = offset >> _PAGE_SHIFT
+            self._check(offset, PAGE_SIZE)
             self._reads += 1
-            try:
-                return self._page(index, touch=True)
-            except PageCorrupt:
-                with self._error_lock:
-                    self._failed_reads += 1
-                raise
-        return self.finish_read(self.fetch(offset, length))
+            return self._page(offset >> _PAGE_SHIFT, touch=True)
+        pending = self.fetch(offset, length)
+        if pending.backing:
+            self.fill_backing(pending, [self._read_or_error(b) for b in pending.blocks])
+        return self.finish_read(pending)
+
+    def _read_or_error(self, block: int) -> bytes | OSError:
+        read_block = self._read_block
+        assert read_block is not None
+        try:
+            return read_block(block)
+        except OSError as exc:
+            return exc
 
     def fetch(self, offset: int, length: int) -> PendingRead:
-        """Copy the compressed pages of a read out of the pool (no decompression). Marks
-        the pages accessed: clears their idle flag and refreshes their access time."""
+        """Copy the compressed pages of a read out of the pool (no decompression, except of
+        recompressed pages, which are rare and cold). Marks the pages accessed: clears their
+        idle flag and refreshes their access time. Written-back pages are listed in the
+        result's ``backing`` (their blocks pinned until fill_backing)."""
         self._check(offset, length)
         if not length:
             return PendingRead(offset, 0, 0, [])
@@ -557,6 +702,8 @@ class PageStore:
         # ``payloads`` hold the handle (SAME and unwritten slots hold their value already).
         where: list[int] = []
         handles: list[int] = []
+        special: list[tuple[int, int, int]] = []  # (position, page index, flags)
+        tiered = self._bd_count or self._recompressed
         idle = self._idle
         idx = first
         while idx < stop:
@@ -572,7 +719,15 @@ class PageStore:
             payloads.extend(chunk.vals[j0:j1].tolist())  # unwritten slots hold 0
             flags = chunk.flags
             seg = flags[j0:j1]
-            pos = [base + j for j, f in enumerate(seg, j0) if f & _STORED_OR_SAME == FLAG_STORED]
+            if tiered:
+                for j, f in enumerate(seg, j0):
+                    if f & _SPECIAL:
+                        special.append((base + j, (c << _CHUNK_SHIFT) + j, f))
+                pos = [base + j for j, f in enumerate(seg, j0) if f & _POOL_MASK == FLAG_STORED]
+            else:
+                pos = [
+                    base + j for j, f in enumerate(seg, j0) if f & _STORED_OR_SAME == FLAG_STORED
+                ]
             where += pos
             handles += [payloads[k] for k in pos]  # type: ignore[misc]
             atime = chunk.atime
@@ -590,10 +745,59 @@ class PageStore:
                 payloads[k] = data
         self._idle = idle
         self._reads += stop - first
-        return PendingRead(offset, length, first, payloads)
+        pending = PendingRead(offset, length, first, payloads)
+        if special:
+            backing: list[tuple[int, int, int, int]] = []
+            for k, index, f in special:
+                val = payloads[k]
+                assert type(val) is int
+                prio = self._prio.get(index, 0) if f & FLAG_RECOMPRESSED else 0
+                if f & FLAG_WB:
+                    block = val >> _WB_SHIFT
+                    assert self._blocks is not None
+                    self._blocks.pin(block)
+                    backing.append((k, block, val & _WB_SIZE, prio))
+                    payloads[k] = 0
+                else:  # recompressed, in the pool: decode it now with its algorithm
+                    payloads[k] = self._decode(index, f, self._pool.read(val))
+            pending.backing = backing or None
+        return pending
+
+    def fill_backing(self, pending: PendingRead, blocks: list[bytes | OSError]) -> None:
+        """Put the blocks read for ``pending.backing`` (same order; an OSError for a block
+        that could not be read) into the read, unpin them, count bd_reads; raise
+        BackingReadError (EIO, counted in failed_reads) if any failed."""
+        backing = pending.backing
+        if not backing:
+            return
+        pending.backing = None
+        bm = self._blocks
+        assert bm is not None and len(blocks) == len(backing)
+        failed: tuple[int, str] | None = None
+        for (k, block, size, prio), data in zip(backing, blocks, strict=True):
+            bm.unpin(block)
+            if isinstance(data, OSError):
+                if failed is None:
+                    failed = (pending.first + k, str(data))
+                continue
+            self._bd_reads += 1
+            obj = data[:size]
+            if size == PAGE_SIZE or not prio:
+                pending.payloads[k] = obj  # raw, or for finish_read's primary codec
+            else:
+                try:
+                    pending.payloads[k] = self._recomp[prio].decompress(obj, PAGE_SIZE)
+                except DecompressError as exc:
+                    failed = failed or (pending.first + k, str(exc))
+        if failed is not None:
+            with self._error_lock:
+                self._failed_reads += 1
+            raise BackingReadError(*failed)
 
     def finish_read(self, pending: PendingRead) -> bytes:
         """Decompress and assemble a fetched read. CPU only and thread-safe."""
+        if pending.backing:
+            raise ValueError("the read still needs its backing blocks (fill_backing)")
         if not pending.payloads:
             return b""
         decompress = self._decompress
@@ -644,7 +848,11 @@ class PageStore:
         chunk = self._chunks.get(index >> _CHUNK_SHIFT)
         if chunk is None or not chunk.flags[index & _CHUNK_MASK]:
             return  # unwritten: already reads as zeros
-        self._put(index, [self._merge(index, at, bytes(count))], now, 0)
+        limit, self._limit_pages = self._limit_pages, 0  # (never fails for memory)
+        try:
+            self._put(index, [self._merge(index, at, bytes(count))], now)
+        finally:
+            self._limit_pages = limit
 
     def _free_range(self, first: int, stop: int) -> None:
         chunks = self._chunks
@@ -654,9 +862,8 @@ class PageStore:
             targets = sorted(c for c in chunks if c0 <= c <= c1)
         else:
             targets = [c for c in range(c0, c1 + 1) if c in chunks]
-        pool = self._pool
-        pfree = pool.free
-        d_stored = d_same = d_huge = d_compr = d_idle = 0
+        release = self._release
+        d_stored = 0
         for c in targets:
             chunk = chunks[c]
             lo = c << _CHUNK_SHIFT
@@ -669,15 +876,7 @@ class PageStore:
             live = (np.flatnonzero(view) + j0).tolist()
             del view  # release the export of the bytearray
             for j in live:
-                f = flags[j]
-                if f & FLAG_SAME:
-                    d_same += 1
-                else:
-                    d_compr += pfree(vals[j])
-                    if f & FLAG_HUGE:
-                        d_huge += 1
-                if f & FLAG_IDLE:
-                    d_idle += 1
+                release(vals, j, flags[j], lo + j)
                 vals[j] = 0
                 flags[j] = 0
                 atime[j] = 0
@@ -686,10 +885,245 @@ class PageStore:
             if not chunk.used:
                 del chunks[c]
         self._stored -= d_stored
-        self._same -= d_same
-        self._huge -= d_huge
-        self._compr -= d_compr
-        self._idle -= d_idle
+
+    # ------------------------------------------------------------ the writeback tier
+
+    def _scan(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(first page index, flags, atime, vals) numpy views of each chunk, in page
+        order. The views export the arrays: drop them before the table changes."""
+        for c in sorted(self._chunks):
+            chunk = self._chunks[c]
+            yield (
+                c << _CHUNK_SHIFT,
+                np.frombuffer(chunk.flags, dtype=np.uint8),
+                np.frombuffer(chunk.atime, dtype=np.uint32),
+                np.frombuffer(chunk.vals, dtype=np.uint64),
+            )
+
+    def _object_sizes(self, indices: list[int]) -> list[int]:
+        out = []
+        for index in indices:
+            chunk = self._chunks[index >> _CHUNK_SHIFT]
+            out.append(self._pool.size_of(chunk.vals[index & _CHUNK_MASK]))
+        return out
+
+    def select_writeback(self, mode: int, lo: int = 0, hi: int | None = None) -> list[int]:
+        """The pages the kernel's writeback would take among [lo, hi), largest objects
+        first (its post-processing buckets): stored, not same-filled, not written back or
+        in flight, and with WB_IDLE / WB_HUGE / WB_INCOMPRESSIBLE in ``mode`` only those
+        idle / huge / flagged incompressible (a page must have them all)."""
+        if hi is None:
+            hi = self._disksize >> _PAGE_SHIFT
+        need = FLAG_STORED
+        if mode & WB_IDLE:
+            need |= FLAG_IDLE
+        if mode & WB_HUGE:
+            need |= FLAG_HUGE
+        if mode & WB_INCOMPRESSIBLE:
+            need |= FLAG_INCOMPRESSIBLE
+        mask = need | _NOT_MOVABLE
+        found: list[int] = []
+        for base, flags, _atime, _vals in self._scan():
+            if base + CHUNK_PAGES <= lo or base >= hi:
+                continue
+            hit = (flags & mask) == need
+            idx = np.flatnonzero(hit) + base
+            found += idx[(idx >= lo) & (idx < hi)].tolist()
+            del flags, _atime, _vals
+        sizes = self._object_sizes(found)
+        order = sorted(range(len(found)), key=lambda k: -sizes[k])
+        return [found[k] for k in order]
+
+    def cold_pages(self, count: int, min_age_s: float = 0.0, skip: int = 0) -> list[int]:
+        """Up to ``count`` pages a writeback may take, coldest first (oldest access), not
+        accessed for at least ``min_age_s`` seconds; with ``skip`` flags (e.g.
+        FLAG_RECOMPRESSED | FLAG_INCOMPRESSIBLE for recompression) such pages are left
+        out. The choice is coldest_first() over the table's columns."""
+        cutoff = self._now() - min_age_s
+        idx_parts: list[np.ndarray] = []
+        age_parts: list[np.ndarray] = []
+        for base, flags, atime, _vals in self._scan():
+            ok = ((flags & (FLAG_STORED | _NOT_MOVABLE | skip)) == FLAG_STORED) & (atime <= cutoff)
+            sel = np.flatnonzero(ok)
+            idx_parts.append(sel + base)
+            age_parts.append(atime[sel].astype(np.int64))
+            del flags, atime, _vals
+        if not idx_parts:
+            return []
+        return coldest_first(np.concatenate(idx_parts), np.concatenate(age_parts), count)
+
+    def begin_writeback(self, indices: list[int], max_pages: int | None = None) -> WritebackBatch:
+        """Start writing back ``indices`` (in that order): for each page that still may
+        go, take a block, snapshot its object and mark the slot PP. Stops at the
+        writeback_limit budget (EIO), a full backing store (ENOSPC) or ``max_pages``.
+        Only one batch may be open at a time (the kernel's pp_in_progress)."""
+        bm = self._blocks
+        if bm is None:
+            raise ValueError("the store has no backing store")
+        if self._batch is not None:
+            raise RuntimeError("a writeback is already in flight")
+        batch = WritebackBatch()
+        budget = self.writeback_limit if self.writeback_limit_enable else -1
+        chunks = self._chunks
+        read = self._pool.read
+        for index in indices:
+            if max_pages is not None and len(batch) >= max_pages:
+                break
+            chunk = chunks.get(index >> _CHUNK_SHIFT)
+            if chunk is None:
+                continue
+            j = index & _CHUNK_MASK
+            f = chunk.flags[j]
+            if f & (FLAG_STORED | _NOT_MOVABLE) != FLAG_STORED:
+                continue
+            if budget == len(batch):
+                batch.stopped = errno.EIO
+                break
+            block = bm.alloc()
+            if block < 0:
+                batch.stopped = errno.ENOSPC
+                break
+            h = chunk.vals[j]
+            chunk.flags[j] = f | FLAG_PP
+            batch.indices.append(index)
+            batch.handles.append(h)
+            batch.blocks.append(block)
+            batch.data.append(read(h))
+        self._batch = batch
+        return batch
+
+    def end_writeback(self, batch: WritebackBatch, failed: set[int] | None = None) -> int:
+        """Finish a batch once its blocks are written (``failed``: positions in the batch
+        whose write failed). A slot still marked PP with the same object switches to WB
+        and its memory is freed; a slot rewritten or discarded meanwhile keeps its new
+        contents and the block is freed. Returns the pages now on the backing store."""
+        if batch is not self._batch:
+            raise ValueError("not the batch in flight")
+        self._batch = None
+        bm = self._blocks
+        assert bm is not None
+        chunks = self._chunks
+        moved = 0
+        for k, index in enumerate(batch.indices):
+            block = batch.blocks[k]
+            chunk = chunks.get(index >> _CHUNK_SHIFT)
+            j = index & _CHUNK_MASK
+            live = (
+                chunk is not None and chunk.flags[j] & FLAG_PP and chunk.vals[j] == batch.handles[k]
+            )
+            if failed and k in failed:
+                if live:
+                    assert chunk is not None
+                    chunk.flags[j] &= 0xFF ^ FLAG_PP
+                bm.free(block)
+                continue
+            self._bd_writes += 1
+            if not live:
+                bm.free(block)  # rewritten or discarded while in flight: newest data wins
+                continue
+            assert chunk is not None
+            f = chunk.flags[j]
+            size = len(batch.data[k])
+            self._compr -= self._pool.free(batch.handles[k])
+            if f & FLAG_HUGE:
+                self._huge -= 1
+            if f & FLAG_IDLE:
+                self._idle -= 1
+            chunk.vals[j] = (block << _WB_SHIFT) | size
+            chunk.flags[j] = FLAG_STORED | FLAG_WB | (f & (FLAG_RECOMPRESSED | FLAG_INCOMPRESSIBLE))
+            self._bd_count += 1
+            moved += 1
+            if self.writeback_limit_enable and self.writeback_limit:
+                self.writeback_limit -= 1
+        return moved
+
+    # -------------------------------------------------------------- recompression
+
+    def select_recompress(self, mode: int, prio_max: int) -> list[int]:
+        """The pages the kernel's recompress would take, largest objects first: with
+        WB_IDLE / WB_HUGE in ``mode`` only idle / huge ones; never same-filled, written
+        back, in flight or flagged incompressible, nor already recompressed at a priority
+        of prio_max - 1 or more."""
+        need = FLAG_STORED
+        if mode & WB_IDLE:
+            need |= FLAG_IDLE
+        if mode & WB_HUGE:
+            need |= FLAG_HUGE
+        mask = need | _NOT_MOVABLE | FLAG_INCOMPRESSIBLE
+        found: list[int] = []
+        for base, flags, _atime, _vals in self._scan():
+            found += (np.flatnonzero((flags & mask) == need) + base).tolist()
+            del flags, _atime, _vals
+        prio = self._prio
+        found = [i for i in found if prio.get(i, 0) + 1 < prio_max]
+        sizes = self._object_sizes(found)
+        order = sorted(range(len(found)), key=lambda k: -sizes[k])
+        return [found[k] for k in order]
+
+    def recompress(
+        self, indices: list[int], prio: int, prio_max: int, threshold: int = 0
+    ) -> tuple[int, int]:
+        """Recompress ``indices`` with the secondary algorithms of priorities prio ..
+        prio_max - 1 (each page starting above the priority it already has), as the
+        kernel's recompress_slot: objects smaller than ``threshold`` are skipped; a page is
+        replaced only by an object in a smaller size class (and under ``threshold`` if
+        set), else, if the last algorithm was tried, flagged incompressible. Returns
+        (pages tried, pages replaced); a tried page counts against max_pages."""
+        tried = replaced = 0
+        chunks = self._chunks
+        pool = self._pool
+        active = max(self._recomp, default=0) + 1
+        for index in indices:
+            chunk = chunks.get(index >> _CHUNK_SHIFT)
+            if chunk is None:
+                continue
+            j = index & _CHUNK_MASK
+            f = chunk.flags[j]
+            if f & (FLAG_STORED | _NOT_MOVABLE | FLAG_INCOMPRESSIBLE) != FLAG_STORED:
+                continue
+            h = chunk.vals[j]
+            old_size = pool.size_of(h)
+            if old_size < threshold:
+                continue
+            page = self._decode(index, f, pool.read(h))
+            if f & FLAG_IDLE:  # touched: not idle any more (kernel: so no other pass takes it)
+                f &= _NOT_IDLE
+                self._idle -= 1
+                chunk.flags[j] = f
+            p = max(prio, self._prio.get(index, 0) + 1)
+            if p >= prio_max:
+                continue
+            tried += 1
+            old_class = size_class(old_size)
+            best: bytes | None = None
+            while p < prio_max:
+                codec = self._recomp.get(p)
+                if codec is not None:
+                    c = codec.compress(page)
+                    if size_class(len(c)) < old_class and not (threshold and len(c) >= threshold):
+                        best = c
+                        break
+                p += 1
+            if best is None:
+                if prio_max >= active:
+                    chunk.flags[j] = f | FLAG_INCOMPRESSIBLE
+                continue
+            new = pool.store(best)
+            used = pool.total_pages
+            if used > self._max_pages:
+                self._max_pages = used
+            self._release(chunk.vals, j, f, index)
+            chunk.vals[j] = new
+            chunk.flags[j] = FLAG_STORED | FLAG_RECOMPRESSED
+            self._prio[index] = p
+            self._recompressed += 1
+            self._compr += len(best)
+            replaced += 1
+        return tried, replaced
+
+    @property
+    def recompression_priorities(self) -> list[int]:
+        return sorted(self._recomp)
 
     # ------------------------------------------------------------ maintenance, stats
 
@@ -698,7 +1132,7 @@ class PageStore:
 
         With ``min_age_s`` only pages not accessed for at least that many seconds are
         marked, and the others lose an idle mark left by an earlier call. As in mainline
-        zram, same-filled (and written-back) pages are never marked: nothing could be done
+        zram, same-filled and written-back pages are never marked: nothing could be done
         with them. Any later read or write of a page clears its mark."""
         if self._closed:
             raise ValueError("the page store is closed")
@@ -726,8 +1160,7 @@ class PageStore:
 
     def reset_mem_used_max(self) -> None:
         """mem_used_max := the current pool size (the only value the kernel accepts is 0)."""
-        self._pool.reset_peak()
-        self._max_pages = 0
+        self._max_pages = self._pool.total_pages
 
     def statistics(self) -> StoreStatistics:
         pool = self._pool.statistics()
@@ -736,7 +1169,7 @@ class PageStore:
             compr_data_size=self._compr,
             mem_used_total=self.mem_used_total,
             mem_limit=self._limit_pages << _PAGE_SHIFT,
-            mem_used_max=max(self._max_pages, self._pool.peak_pages) << _PAGE_SHIFT,
+            mem_used_max=max(self._max_pages, self._pool.total_pages) << _PAGE_SHIFT,
             same_pages=self._same,
             pages_compacted=pool.pages_compacted,
             huge_pages=self._huge,
@@ -750,20 +1183,39 @@ class PageStore:
             pages_stored=self._stored,
             idle_pages=self._idle,
             pool=pool,
+            bd_count=self._bd_count,
+            bd_reads=self._bd_reads,
+            bd_writes=self._bd_writes,
+            recompressed_pages=self._recompressed,
+            writeback_limit=self.writeback_limit,
+            writeback_limit_enable=self.writeback_limit_enable,
         )
 
     def close(self) -> None:
         """Free every page and give the pool's memory back to the OS. Counters keep their
         values; any later I/O raises ValueError. Dropping the store has the same effect."""
         self._closed = True
-        self._max_pages = max(self._max_pages, self._pool.peak_pages)
         self._chunks = {}
+        self._prio = {}
         self._pool = ZsPool()  # the old pool's arenas are unmapped when it is dropped
 
     def page_flags(self, index: int) -> int:
         """The flags byte of page ``index`` (0: not stored). For tests and debugging."""
         chunk = self._chunks.get(index >> _CHUNK_SHIFT)
         return 0 if chunk is None else chunk.flags[index & _CHUNK_MASK]
+
+
+def coldest_first(indices: np.ndarray, atimes: np.ndarray, count: int) -> list[int]:
+    """The ``count`` entries of ``indices`` with the oldest access times (ties: lower
+    index first), oldest first. Pure selection for automatic writeback and the policy."""
+    n = len(indices)
+    if count <= 0 or not n:
+        return []
+    if count < n:
+        part = np.argpartition(atimes, count - 1)[:count]
+        indices, atimes = indices[part], atimes[part]
+    order = np.lexsort((indices, atimes))
+    return [int(i) for i in indices[order]]
 
 
 def _same_filled(mv: memoryview, npages: int) -> dict[int, int] | None:

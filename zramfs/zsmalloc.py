@@ -40,6 +40,7 @@ __all__ = [
     "PoolStatistics",
     "SizeClass",
     "ZsPool",
+    "size_class",
     "set_memory_locked",
 ]
 
@@ -170,6 +171,13 @@ def _build_classes() -> tuple[tuple[SizeClass, ...], array[int]]:
 
 CLASSES, _LUT = _build_classes()
 
+
+def size_class(size: int) -> int:
+    """The index in CLASSES of the class an object of ``size`` bytes (1..4096) goes to:
+    recompression only replaces an object when the new one lands in a smaller class."""
+    return _LUT[size]
+
+
 # The smallest object size whose class holds one object on one page. With chain 8 the largest
 # shared class is 3632 bytes (9 objects in 8 pages), so this is 3633. The kernel's
 # zs_huge_class_size() reports 3632 - (ZS_HANDLE_SIZE - 1) = 3625 instead, because zs_malloc()
@@ -213,7 +221,6 @@ class ZsPool:
         "_next_page",
         "_free_pages",
         "_total_pages",
-        "_peak_pages",
         "_pages_compacted",
         "_zcls",
         "_zinuse",
@@ -240,7 +247,6 @@ class ZsPool:
         # _release_zspage() pushes a zspage's pages so that they pop back lowest first.
         self._free_pages = array("I")
         self._total_pages = 0
-        self._peak_pages = 0  # the most total_pages has been since reset_peak()
         self._pages_compacted = 0
         # Zspages: parallel columns indexed by zspage id; ids are recycled via _free_zids.
         self._zcls = array("H")  # class index
@@ -271,20 +277,10 @@ class ZsPool:
         """Pages held by zspages (what the pool costs the process, in pages)."""
         return self._total_pages
 
-    @property
-    def peak_pages(self) -> int:
-        """The largest total_pages since the pool was made or reset_peak() was called
-        (the kernel's mem_used_max, in pages; an allocation undone by store() counts)."""
-        return self._peak_pages
-
-    def reset_peak(self) -> None:
-        """peak_pages := total_pages."""
-        self._peak_pages = self._total_pages
-
-    def store(self, data: bytes, limit: int = 0) -> int:
-        """alloc(len(data)) and write(data) in one step, for the page store's hot path; with
-        ``limit`` > 0, an object whose allocation takes total_pages over ``limit`` is freed
-        again and 0 is returned (the kernel's zram_write_page order: allocate, check, free).
+    def store(self, data: bytes) -> int:
+        """alloc(len(data)) and write(data) in one step, for the page store's hot path.
+        (mem_limit and the peak are zram's policy, not the allocator's: the page store
+        checks total_pages after this call and frees the object again if it is over.)
 
         ``data`` must be bytes or bytearray of 1..4096 bytes (not checked beyond that)."""
         size = len(data)
@@ -311,9 +307,6 @@ class ZsPool:
             h = len(loc)
             loc.append((zid << _OFF_BITS) | off)
             self._hsize.append(size)
-        if limit and self._total_pages > limit:
-            self.free(h)
-            return 0
         self._copy_in((zid << _OFF_BITS) | off, data, size)
         return h
 
@@ -577,10 +570,7 @@ class ZsPool:
         for k, pg in enumerate(pages):
             self._zpages[base + k] = pg
         self._cls_zspages[c] += 1
-        total = self._total_pages + ppz
-        self._total_pages = total
-        if total > self._peak_pages:
-            self._peak_pages = total
+        self._total_pages += ppz
         return zid
 
     def _new_page(self) -> int:

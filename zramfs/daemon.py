@@ -5,13 +5,15 @@ back (NOTES.md section 4), so before it serves the daemon locks its memory
 (mlockall with MCL_ONFAULT: pages are pinned as they are touched, so the
 pool's accounting stays honest) and marks itself an I/O flusher
 (PR_SET_IO_FLUSHER), which keeps its own allocations from recursing into
-reclaim.  SIGTERM, SIGINT, SIGHUP and SIGQUIT unmount cleanly unless an
-image is in use, in which case the daemon says what holds it and keeps
-serving: stopping would turn every I/O of the holder into an error.  Every
-other signal whose default action would end the process (USR1, USR2, ALRM,
-the profiling and power signals, the real-time signals) is answered with a
-log line and otherwise ignored; SIGPIPE and SIGXFSZ are already ignored by
-Python.  Only SIGKILL (and faults) can end the daemon at once.
+reclaim; and it sets its oom_score_adj to -1000, since the OOM killer taking
+it would lose every page swapped to it.  SIGTERM, SIGINT, SIGHUP and SIGQUIT
+unmount cleanly unless an image is in use, in which case the daemon says what
+holds it and keeps serving: stopping would turn every I/O of the holder into
+an error.  Every other signal whose default action would end the process
+(USR1, USR2, ALRM, the profiling and power signals, the real-time signals) is
+answered with a log line and otherwise ignored; SIGPIPE and SIGXFSZ are
+already ignored by Python.  Only SIGKILL (and faults) can end the daemon at
+once.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 PR_SET_IO_FLUSHER = 57
 RUN_DIR = "/run/zramfs"
 RELEASE_GRACE_S = 2.0
+OOM_SCORE_ADJ_MIN = -1000
 
 # Signals that ask the daemon to stop: unmount if no image is in use, else keep serving.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -79,6 +82,24 @@ def pidfile_path(mountpoint: str) -> str:
     return os.path.join(RUN_DIR, f"{name}.pid")
 
 
+def protect_from_oom_killer() -> None:
+    """oom_score_adj -1000: the OOM killer never picks the daemon, whoever started it.
+
+    Killing it would lose every page swapped to it (and every process swapped out would
+    then fault), so it must be the last thing to go, as the kernel's own zram is.
+    """
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(f"{OOM_SCORE_ADJ_MIN}\n")
+    except OSError as exc:
+        log.warning("cannot set oom_score_adj to %d: %s", OOM_SCORE_ADJ_MIN, exc)
+
+
+def under_systemd() -> bool:
+    """True when systemd started us: the journal takes stderr, no log file in /run."""
+    return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+
+
 def harden() -> None:
     """Lock memory and become an I/O flusher; warn (not fail) where the kernel refuses."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -113,6 +134,7 @@ def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> No
     from .fs import ZramOperations, open_images
 
     table = build_table(config)  # validates size/algorithm before anything is mounted
+    protect_from_oom_killer()  # also without lock_memory: losing the daemon loses the data
     if config.lock_memory:
         harden()
     ops = ZramOperations(table)

@@ -32,13 +32,14 @@ from .device import ControlError, DeviceTable, ZramDevice
 from .dictionary import read_dictionary
 from .fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from .pagestore import PAGE_SIZE, MemLimitExceeded, OutOfRange, PageCorrupt
-from .report import render_stats
+from .report import render_metrics, render_stats
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 HOT_ADD_INODE = ROOT_INODE + 1
 HOT_REMOVE_INODE = ROOT_INODE + 2
+METRICS_INODE = ROOT_INODE + 3  # every device's figures for Prometheus (report.render_metrics)
 # Device N owns inodes DEV_BASE + N*DEV_SPAN ... + DEV_SPAN-1: its directory, then its files.
 DEV_BASE = 0x1000
 DEV_SPAN = 0x100
@@ -140,6 +141,8 @@ class ZramOperations(pyfuse3.Operations):
             return None, "hot_add"
         if inode == HOT_REMOVE_INODE:
             return None, "hot_remove"
+        if inode == METRICS_INODE:
+            return None, "metrics"
         if inode >= DEV_BASE:
             dev_id, index = divmod(inode - DEV_BASE, DEV_SPAN)
             device = self.table.get(dev_id)
@@ -173,7 +176,8 @@ class ZramOperations(pyfuse3.Operations):
             # fix (tests/test_reliability_security.py): hot_add was 0444, so with --allow-other
             # any user could create devices just by reading it.  The kernel makes it 0400
             # (zram_drv.c: "This attribute must be set to 0400") for that reason.
-            mode = {"hot_add": 0o400, "hot_remove": 0o200}.get(name) or FILE_MODES[name]
+            root_modes = {"hot_add": 0o400, "hot_remove": 0o200, "metrics": 0o444}
+            mode = root_modes.get(name) or FILE_MODES[name]
             a.st_mode = stat.S_IFREG | mode
             a.st_nlink = 1
             a.st_size = CONTROL_FILE_SIZE
@@ -182,7 +186,8 @@ class ZramOperations(pyfuse3.Operations):
     def _children(self, inode: int) -> list[tuple[str, int]]:
         device, name = self._resolve(inode)
         if name == "/":
-            entries = [("hot_add", HOT_ADD_INODE), ("hot_remove", HOT_REMOVE_INODE)]
+            entries = [("hot_add", HOT_ADD_INODE), ("hot_remove", HOT_REMOVE_INODE),
+                       ("metrics", METRICS_INODE)]
             entries += [(d.name, self.dir_inode(d.dev_id)) for d in self.table]
             return entries
         if name == "" and device is not None:
@@ -270,7 +275,7 @@ class ZramOperations(pyfuse3.Operations):
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
         if name != "image":
-            readable = name in ("hot_add", "stats") or (
+            readable = name in ("hot_add", "stats", "metrics") or (
                 device is not None and device.readable(name)
             )
             writable = name == "hot_remove" or (device is not None and device.writable(name))
@@ -437,6 +442,8 @@ class ZramOperations(pyfuse3.Operations):
             added = self.table.hot_add()
             self._note_added(added)
             return f"{added.dev_id}\n".encode()
+        if f.name == "metrics":
+            return render_metrics([d.statistics() for d in self.table]).encode()
         device = f.device
         if device is None or self.table.get(device.dev_id) is not device:
             raise pyfuse3.FUSEError(errno.ENODEV)

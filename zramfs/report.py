@@ -1,4 +1,4 @@
-"""Text renderings of statistics() values: the stats file and the zramctl table.
+"""Text renderings of statistics() values: stats, the zramctl table and Prometheus metrics.
 
 Everything a user reads about a device is rendered here from an immutable
 DeviceStatistics value, never from live objects, so that a rendering is a
@@ -10,11 +10,11 @@ this module has the human-oriented views.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .device import DeviceStatistics
-from .pagestore import PAGE_SIZE
+from .pagestore import PAGE_SIZE, StoreStatistics
 from .sizes import format_size
 
 
@@ -68,7 +68,12 @@ def render_stats(s: DeviceStatistics) -> str:
 
 # zramctl's columns, in its default order, and how each is read off a device.
 COLUMNS = ("NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "MEM-LIMIT", "MOUNTPOINT")
-EXTRA_COLUMNS = ("MEM-USED", "STREAMS", "ZERO-PAGES", "MIGRATED")  # accepted for -o
+# accepted for -o and shown by --output-all; the last two are the writeback tier's
+EXTRA_COLUMNS = ("MEM-USED", "STREAMS", "ZERO-PAGES", "MIGRATED", "COMP-RATIO",
+                 "BACKING-DEV", "WRITTEN-BACK")
+ALL_COLUMNS = ("NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "ZERO-PAGES",
+               "TOTAL", "MEM-LIMIT", "MEM-USED", "MIGRATED", "COMP-RATIO", "BACKING-DEV",
+               "WRITTEN-BACK", "MOUNTPOINT")  # zramctl --output-all's order, then ours
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class StatusRow:
     zero_pages: int
     migrated: int
     mountpoint: str
+    backing_dev: str = "none"
+    written_back_pages: int = 0
 
     def value(self, column: str, as_bytes: bool) -> str | int:
         sizes = {
@@ -95,6 +102,7 @@ class StatusRow:
             "TOTAL": self.total,
             "MEM-LIMIT": self.mem_limit,
             "MEM-USED": self.mem_used,
+            "WRITTEN-BACK": self.written_back_pages * PAGE_SIZE,
         }
         if column in sizes:
             return sizes[column] if as_bytes else format_size(sizes[column])
@@ -105,13 +113,32 @@ class StatusRow:
             "ZERO-PAGES": self.zero_pages,
             "MIGRATED": self.migrated,
             "MOUNTPOINT": self.mountpoint,
+            # zramctl: DATA/TOTAL with four decimals
+            "COMP-RATIO": f"{self.data / self.total:.4f}" if self.total else "-",
+            "BACKING-DEV": self.backing_dev,
         }
         return other[column]
 
 
-def render_table(rows: Sequence[StatusRow], columns: Sequence[str], as_bytes: bool) -> str:
-    """zramctl's table: left-aligned text columns, right-aligned sizes."""
+def _raw_escape(value: str) -> str:
+    """libsmartcols' raw output: blanks, backslashes and unprintables as \\xHH."""
+    return "".join(
+        f"\\x{ord(ch):02x}" if ch.isspace() or ch == "\\" or not ch.isprintable() else ch
+        for ch in value
+    )
+
+
+def render_table(rows: Sequence[StatusRow], columns: Sequence[str], as_bytes: bool,
+                 *, raw: bool = False, headings: bool = True) -> str:
+    """zramctl's table: left-aligned text columns, right-aligned sizes.
+
+    raw: one space between values, no alignment, blanks escaped (zramctl --raw);
+    headings=False drops the header line (--noheadings).
+    """
     cells = [[str(r.value(c, as_bytes)) for c in columns] for r in rows]
+    if raw:
+        lines = ([list(columns)] if headings else []) + cells
+        return "".join(" ".join(_raw_escape(v) for v in line) + "\n" for line in lines)
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     left = {"NAME", "ALGORITHM", "MOUNTPOINT"}
 
@@ -125,10 +152,87 @@ def render_table(rows: Sequence[StatusRow], columns: Sequence[str], as_bytes: bo
                 out.append(v.rjust(widths[i]))
         return " ".join(out).rstrip()
 
-    return "\n".join([fmt(columns)] + [fmt(r) for r in cells]) + "\n"
+    text_lines = ([fmt(columns)] if headings else []) + [fmt(r) for r in cells]
+    return "".join(line + "\n" for line in text_lines)
 
 
 def render_json(rows: Sequence[StatusRow], columns: Sequence[str], as_bytes: bool) -> str:
     """zramctl --json: {"zramctl": [{column: value, ...}, ...]} with lower-case keys."""
     data = [{c.lower(): r.value(c, as_bytes) for c in columns} for r in rows]
     return json.dumps({"zramctl": data}, indent=3) + "\n"
+
+
+# -- Prometheus text exposition format -------------------------------------------------------
+
+# (metric name, type, help, how it is read off a device's statistics).  Byte figures end in
+# _bytes, counters in _total, as the exposition format's conventions ask.
+_StatFn = Callable[[DeviceStatistics, StoreStatistics], float]
+METRICS: tuple[tuple[str, str, str, _StatFn], ...] = (
+    ("disksize_bytes", "gauge", "Size of the device (disksize).",
+     lambda d, s: d.disksize),
+    ("orig_data_bytes", "gauge", "Uncompressed size of the data stored (mm_stat orig_data_size).",
+     lambda d, s: s.orig_data_size),
+    ("compr_data_bytes", "gauge", "Compressed size of the data stored (mm_stat compr_data_size).",
+     lambda d, s: s.compr_data_size),
+    ("mem_used_total_bytes", "gauge",
+     "Memory used to store the data, allocator overhead included (mm_stat mem_used_total).",
+     lambda d, s: s.mem_used_total),
+    ("mem_limit_bytes", "gauge", "Memory limit, 0 for none (mm_stat mem_limit).",
+     lambda d, s: s.mem_limit),
+    ("mem_used_max_bytes", "gauge", "Peak memory used (mm_stat mem_used_max).",
+     lambda d, s: s.mem_used_max),
+    ("same_pages", "gauge", "Pages filled with one repeated word, stored without memory "
+     "(mm_stat same_pages).", lambda d, s: s.same_pages),
+    ("pages_compacted_total", "counter", "Pages freed by compaction (mm_stat pages_compacted).",
+     lambda d, s: s.pages_compacted),
+    ("huge_pages", "gauge", "Incompressible pages stored whole (mm_stat huge_pages).",
+     lambda d, s: s.huge_pages),
+    ("huge_pages_since_total", "counter",
+     "Incompressible pages stored since the device was set up (mm_stat huge_pages_since).",
+     lambda d, s: s.huge_pages_since),
+    ("failed_reads_total", "counter", "Failed reads (io_stat failed_reads).",
+     lambda d, s: s.failed_reads),
+    ("failed_writes_total", "counter", "Failed writes (io_stat failed_writes).",
+     lambda d, s: s.failed_writes),
+    ("invalid_io_total", "counter", "Requests outside the device (io_stat invalid_io).",
+     lambda d, s: s.invalid_io),
+    ("notify_free_total", "counter", "Pages freed by discard (io_stat notify_free).",
+     lambda d, s: s.notify_free),
+    ("read_pages_total", "counter", "Pages read.", lambda d, s: s.reads),
+    ("written_pages_total", "counter", "Pages written.", lambda d, s: s.writes),
+    ("bd_count_bytes", "gauge", "Data on the backing device (bd_stat bd_count).",
+     lambda d, s: getattr(s, "bd_count", 0) * PAGE_SIZE),
+    ("bd_reads_bytes_total", "counter", "Bytes read from the backing device (bd_stat bd_reads).",
+     lambda d, s: getattr(s, "bd_reads", 0) * PAGE_SIZE),
+    ("bd_writes_bytes_total", "counter",
+     "Bytes written to the backing device (bd_stat bd_writes).",
+     lambda d, s: getattr(s, "bd_writes", 0) * PAGE_SIZE),
+    ("compression_ratio", "gauge",
+     "Uncompressed data over memory used (zramctl's COMP-RATIO, DATA/TOTAL); 0 when empty.",
+     lambda d, s: s.orig_data_size / s.mem_used_total if s.mem_used_total else 0.0),
+)
+
+
+def _sample(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def render_metrics(devices: Sequence[DeviceStatistics]) -> str:
+    """Every device's figures in the Prometheus text format, labelled device="zramN".
+
+    An uninitialised device reports its disksize (0) and initialised 0, nothing else.
+    """
+    out = [
+        "# HELP zramfs_initialised Whether the device is initialised (initstate).",
+        "# TYPE zramfs_initialised gauge",
+    ]
+    out += [f'zramfs_initialised{{device="zram{d.dev_id}"}} {int(d.initialised)}'
+            for d in devices]
+    for name, kind, help_text, read in METRICS:
+        out.append(f"# HELP zramfs_{name} {help_text}")
+        out.append(f"# TYPE zramfs_{name} {kind}")
+        for d in devices:
+            if d.store is None:
+                continue
+            out.append(f'zramfs_{name}{{device="zram{d.dev_id}"}} {_sample(read(d, d.store))}')
+    return "\n".join(out) + "\n"

@@ -10,7 +10,7 @@ MOUNTPOINT  ?= /mnt/zramfs
 # the rest are the tools the three user paths (and the tests) drive for real.
 APT_PKGS    := fuse3 libfuse3-dev pkg-config gcc util-linux e2fsprogs xfsprogs btrfs-progs fio
 
-.PHONY: run test deps venv lint umount clean
+.PHONY: run test deps venv lint umount clean install-systemd uninstall-systemd
 
 deps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -54,6 +54,21 @@ lint: venv
 
 umount:
 	$(BIN)/zramfs umount $(MOUNTPOINT)
+
+# systemd/zramfs.service with ExecStart/ExecStop pointing at this checkout's zramfs,
+# enabled so `zramfs start` runs at boot (before swap.target) from /etc/zramfs/zramfs.conf.
+UNIT_DIR    ?= /etc/systemd/system
+install-systemd: venv
+	@mkdir -p /etc/zramfs/zramfs.conf.d
+	sed 's|/usr/local/bin/zramfs|$(abspath $(BIN))/zramfs|' systemd/zramfs.service > $(UNIT_DIR)/zramfs.service
+	systemctl daemon-reload
+	systemctl enable zramfs.service
+	@[ -e /etc/zramfs/zramfs.conf ] || echo "now write /etc/zramfs/zramfs.conf (README: From boot to swap), then: systemctl start zramfs"
+
+uninstall-systemd:
+	-systemctl disable zramfs.service
+	rm -f $(UNIT_DIR)/zramfs.service
+	systemctl daemon-reload
 
 clean:
 	rm -rf $(VENV) build *.egg-info zramfs/*.so

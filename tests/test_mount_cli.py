@@ -38,7 +38,7 @@ def test_mount_defaults(zramfs: ZramfsFactory) -> None:
     m = zramfs(size=None, algo=None)
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     expected = min(ram // 2, 4 * GiB) // PAGE * PAGE
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram0"]
+    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0"]
     assert m.disksize() == expected
     assert m.image().stat().st_size == expected
     assert m.read("initstate") == "1\n"
@@ -53,7 +53,7 @@ def test_mount_defaults(zramfs: ZramfsFactory) -> None:
 
 def test_mount_with_options(zramfs: ZramfsFactory) -> None:
     m = zramfs(size="300M", algo="zstd", mem_limit="100M", devices=3)
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram0", "zram1", "zram2"]
+    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"]
     for n in range(3):
         assert m.disksize(n) == 300 * MiB
         assert "[zstd]" in m.read("comp_algorithm", n).split()

@@ -325,7 +325,7 @@ def test_writing_a_read_only_file_is_eacces(zramfs: ZramfsFactory) -> None:
         assert_errno(m.write(name, "1\n"), errno.EACCES, f"write {name}")
     assert_errno(ctl_write(m.path / "hot_add", "1\n"), errno.EACCES, "write hot_add")
     assert m.mm_stat() == before
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram0"]
+    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0"]
 
 
 EXPECTED_MODES = {
@@ -405,7 +405,7 @@ def test_hot_add_and_hot_remove(zramfs: ZramfsFactory) -> None:
     assert (m.path / "zram1").is_dir()
     assert m.read("disksize", 1) == "0\n"  # a new device is uninitialised
     assert sh(f"cat {m.path}/hot_add").stdout == "2\n"
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram0", "zram1", "zram2"]
+    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"]
     m.set("disksize", "16M", 2)
     m.pwrite(text_bytes(64 * 1024, seed=9), 0, n=2)
 
@@ -416,7 +416,7 @@ def test_hot_add_and_hot_remove(zramfs: ZramfsFactory) -> None:
     assert not (m.path / "zram1").exists()
     assert_errno(ctl_write(hot_remove, "1"), errno.ENODEV, "hot_remove 1 twice")
     assert_errno(ctl_write(hot_remove, "2"), 0, "hot_remove initialised zram2")
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram0"]
+    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0"]
     # Ids are reused lowest first, and the device comes back fresh.
     assert sh(f"cat {m.path}/hot_add").stdout == "1\n"
     assert m.read("disksize", 1) == "0\n"

@@ -53,7 +53,9 @@ def test_mount_defaults(zramfs: ZramfsFactory) -> None:
 
 def test_mount_with_options(zramfs: ZramfsFactory) -> None:
     m = zramfs(size="300M", algo="zstd", mem_limit="100M", devices=3)
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"]
+    assert sorted(os.listdir(m.path)) == [
+        "hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"
+    ]
     for n in range(3):
         assert m.disksize(n) == 300 * MiB
         assert "[zstd]" in m.read("comp_algorithm", n).split()

@@ -405,7 +405,9 @@ def test_hot_add_and_hot_remove(zramfs: ZramfsFactory) -> None:
     assert (m.path / "zram1").is_dir()
     assert m.read("disksize", 1) == "0\n"  # a new device is uninitialised
     assert sh(f"cat {m.path}/hot_add").stdout == "2\n"
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"]
+    assert sorted(os.listdir(m.path)) == [
+        "hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"
+    ]
     m.set("disksize", "16M", 2)
     m.pwrite(text_bytes(64 * 1024, seed=9), 0, n=2)
 

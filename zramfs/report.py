@@ -57,10 +57,10 @@ def render_stats(s: DeviceStatistics) -> str:
         f"backing store    {s.backing_dev}",
         f"written back     {st.bd_count} pages now ({format_size(st.bd_count * PAGE_SIZE)}), "
         f"{st.bd_writes} written, {st.bd_reads} read back",
-        f"writeback limit  "
+        "writeback limit  "
         + (f"{st.writeback_limit} pages left" if st.writeback_limit_enable else "off"),
         f"recompressed     {st.recompressed_pages} pages",
-        f"auto writeback   "
+        "auto writeback   "
         + (f"at {s.auto_writeback}% of the mem limit" if s.auto_writeback else "off"),
     ]
     return "\n".join(lines) + "\n"
@@ -201,12 +201,17 @@ METRICS: tuple[tuple[str, str, str, _StatFn], ...] = (
     ("read_pages_total", "counter", "Pages read.", lambda d, s: s.reads),
     ("written_pages_total", "counter", "Pages written.", lambda d, s: s.writes),
     ("bd_count_bytes", "gauge", "Data on the backing device (bd_stat bd_count).",
-     lambda d, s: getattr(s, "bd_count", 0) * PAGE_SIZE),
+     lambda d, s: s.bd_count * PAGE_SIZE),
     ("bd_reads_bytes_total", "counter", "Bytes read from the backing device (bd_stat bd_reads).",
-     lambda d, s: getattr(s, "bd_reads", 0) * PAGE_SIZE),
+     lambda d, s: s.bd_reads * PAGE_SIZE),
     ("bd_writes_bytes_total", "counter",
      "Bytes written to the backing device (bd_stat bd_writes).",
-     lambda d, s: getattr(s, "bd_writes", 0) * PAGE_SIZE),
+     lambda d, s: s.bd_writes * PAGE_SIZE),
+    ("recompressed_pages", "gauge", "Pages stored with a recompression algorithm.",
+     lambda d, s: s.recompressed_pages),
+    ("auto_writeback_percent", "gauge",
+     "Writeback starts at this percent of mem_limit; 0 when off (auto_writeback).",
+     lambda d, s: d.auto_writeback),
     ("compression_ratio", "gauge",
      "Uncompressed data over memory used (zramctl's COMP-RATIO, DATA/TOTAL); 0 when empty.",
      lambda d, s: s.orig_data_size / s.mem_used_total if s.mem_used_total else 0.0),

@@ -223,10 +223,12 @@ def test_hot_remove_parses_as_the_kernel_kstrtoint(zramfs: ZramfsFactory) -> Non
         ("2147483648", errno.ERANGE),
     ):
         assert_errno(ctl_write(hot_remove, bad), err, f"hot_remove <- {bad!r}")
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram0", "zram1", "zram2"]
+    assert sorted(os.listdir(m.path)) == [
+        "hot_add", "hot_remove", "metrics", "zram0", "zram1", "zram2"
+    ]
     assert_errno(ctl_write(hot_remove, "-0"), 0, "hot_remove -0 (kstrtoint reads 0)")
     assert_errno(ctl_write(hot_remove, "+1\n"), 0, "hot_remove +1")
-    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "zram2"]
+    assert sorted(os.listdir(m.path)) == ["hot_add", "hot_remove", "metrics", "zram2"]
     log = log_since(m, start)
     assert "Traceback" not in log and "invalidate_entry" not in log, log
 

@@ -1,7 +1,11 @@
 """The daemon process: harden it for swap, mount, serve until told to stop, unmount.
 
 A swap device served from user space must not need memory to give memory
-back (NOTES.md section 4), so before it serves the daemon locks its memory
+back: under pressure the kernel swaps out to this daemon, and a daemon that
+must first fault its own pages back in, or whose allocations recurse into
+reclaim, can deadlock the machine (nbdkit --swap locks its memory for the
+same reason; prctl(2) names FUSE daemons as PR_SET_IO_FLUSHER's users).  So
+before it serves the daemon locks its memory
 (mlockall with MCL_ONFAULT: pages are pinned as they are touched, so the
 pool's accounting stays honest) and marks itself an I/O flusher
 (PR_SET_IO_FLUSHER), which keeps its own allocations from recursing into

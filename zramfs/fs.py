@@ -15,6 +15,7 @@ respect to every other request.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import logging
@@ -23,7 +24,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -43,8 +44,43 @@ METRICS_INODE = ROOT_INODE + 3  # every device's figures for Prometheus (report.
 # Device N owns inodes DEV_BASE + N*DEV_SPAN ... + DEV_SPAN-1: its directory, then its files.
 DEV_BASE = 0x1000
 DEV_SPAN = 0x100
-DEVICE_FILES: tuple[str, ...] = ("image", "stats", *ZramDevice.ATTRIBUTES)
-FILE_MODES: dict[str, int] = {"image": 0o600, "stats": 0o444, **ZramDevice.ATTRIBUTES}
+HOT_ADD = "hot_add"
+HOT_REMOVE = "hot_remove"
+METRICS = "metrics"
+IMAGE = "image"
+STATS = "stats"
+DEVICE_FILES: tuple[str, ...] = (IMAGE, STATS, *ZramDevice.ATTRIBUTES)
+# The one table of file modes (permission bits): open() checks them, getattr shows them.
+# The device's attributes carry the sysfs modes the device defines (ZramDevice.ATTRIBUTES).
+# hot_add is 0400, as in the kernel (zram_drv.c: "This attribute must be set to 0400"):
+# reading it creates a device, so with --allow-other a 0444 hot_add let any user do that
+# (tests/test_reliability_security.py).
+FILE_MODES: dict[str, int] = {
+    HOT_ADD: 0o400,
+    HOT_REMOVE: 0o200,
+    METRICS: 0o444,
+    IMAGE: 0o600,
+    STATS: 0o444,
+    **ZramDevice.ATTRIBUTES,
+}
+DIR_MODE = 0o755
+
+
+class Kind(enum.Enum):
+    """What an inode is."""
+
+    ROOT = enum.auto()  # the mount's root directory
+    DEVICE_DIR = enum.auto()  # zramN/
+    FILE = enum.auto()  # hot_add, hot_remove, or a file in zramN/ (its name says which)
+
+
+class Node(NamedTuple):
+    """An inode resolved: its kind, its device (None at the root) and its file name
+    ("" for a directory)."""
+
+    kind: Kind
+    device: ZramDevice | None
+    name: str
 # sysfs files claim one page; readers stop at the first short read.
 CONTROL_FILE_SIZE = 4096
 # A request at least this large (de)compresses on a worker thread, but only with a codec
@@ -133,25 +169,27 @@ class ZramOperations(pyfuse3.Operations):
     def dir_inode(dev_id: int) -> int:
         return DEV_BASE + dev_id * DEV_SPAN
 
-    def _resolve(self, inode: int) -> tuple[ZramDevice | None, str]:
-        """Map an inode to (device, file name); name '' is the device's directory."""
+    def _resolve(self, inode: int) -> Node:
+        """Map an inode to its Node; ENOENT if it names nothing (any more)."""
         if inode == ROOT_INODE:
-            return None, "/"
+            return Node(Kind.ROOT, None, "")
         if inode == HOT_ADD_INODE:
-            return None, "hot_add"
+            return Node(Kind.FILE, None, HOT_ADD)
         if inode == HOT_REMOVE_INODE:
-            return None, "hot_remove"
+            return Node(Kind.FILE, None, HOT_REMOVE)
         if inode == METRICS_INODE:
-            return None, "metrics"
+            return Node(Kind.FILE, None, METRICS)
         if inode >= DEV_BASE:
             dev_id, index = divmod(inode - DEV_BASE, DEV_SPAN)
             device = self.table.get(dev_id)
             if device is not None and index <= len(DEVICE_FILES):
-                return device, "" if index == 0 else DEVICE_FILES[index - 1]
+                if index == 0:
+                    return Node(Kind.DEVICE_DIR, device, "")
+                return Node(Kind.FILE, device, DEVICE_FILES[index - 1])
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
-        device, name = self._resolve(inode)
+        kind, device, name = self._resolve(inode)
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.generation = self._generation.get(device.dev_id, 0) if device else 0
@@ -161,36 +199,34 @@ class ZramOperations(pyfuse3.Operations):
         a.st_gid = 0
         a.st_blksize = PAGE_SIZE
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._mount_ns
-        if name in ("/", ""):
-            a.st_mode = stat.S_IFDIR | 0o755
-            a.st_nlink = 2 + (len(self.table) if name == "/" else 0)
+        if kind is not Kind.FILE:
+            a.st_mode = stat.S_IFDIR | DIR_MODE
+            a.st_nlink = 2 + (len(self.table) if kind is Kind.ROOT else 0)
             a.st_size = 0
-        elif name == "image":
+        elif name == IMAGE:
             assert device is not None
-            a.st_mode = stat.S_IFREG | FILE_MODES["image"]
+            a.st_mode = stat.S_IFREG | FILE_MODES[IMAGE]
             a.st_nlink = 1
             a.st_size = device.disksize
             used = device.store.mem_used_total if device.store else 0
             a.st_blocks = used // 512
         else:
-            # fix (tests/test_reliability_security.py): hot_add was 0444, so with --allow-other
-            # any user could create devices just by reading it.  The kernel makes it 0400
-            # (zram_drv.c: "This attribute must be set to 0400") for that reason.
-            root_modes = {"hot_add": 0o400, "hot_remove": 0o200, "metrics": 0o444}
-            mode = root_modes.get(name) or FILE_MODES[name]
-            a.st_mode = stat.S_IFREG | mode
+            a.st_mode = stat.S_IFREG | FILE_MODES[name]
             a.st_nlink = 1
             a.st_size = CONTROL_FILE_SIZE
         return a
 
     def _children(self, inode: int) -> list[tuple[str, int]]:
-        device, name = self._resolve(inode)
-        if name == "/":
-            entries = [("hot_add", HOT_ADD_INODE), ("hot_remove", HOT_REMOVE_INODE),
-                       ("metrics", METRICS_INODE)]
+        kind, device, _ = self._resolve(inode)
+        if kind is Kind.ROOT:
+            entries = [
+                (HOT_ADD, HOT_ADD_INODE),
+                (HOT_REMOVE, HOT_REMOVE_INODE),
+                (METRICS, METRICS_INODE),
+            ]
             entries += [(d.name, self.dir_inode(d.dev_id)) for d in self.table]
             return entries
-        if name == "" and device is not None:
+        if kind is Kind.DEVICE_DIR and device is not None:
             base = self.dir_inode(device.dev_id)
             return [(n, base + 1 + i) for i, n in enumerate(DEVICE_FILES)]
         raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -224,14 +260,14 @@ class ZramOperations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        device, name = self._resolve(inode)
+        kind, device, name = self._resolve(inode)
         if fields.update_mode or fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EPERM)  # modes are fixed: root's files only
         if fields.update_size:
             # O_TRUNC on a control file (echo > file) or on the image (dd without
             # conv=notrunc) is ignored, as on sysfs and block devices; a real resize is not.
-            if name in ("/", "") or (
-                name == "image" and attr.st_size not in (0, device.disksize if device else 0)
+            if kind is not Kind.FILE or (
+                name == IMAGE and attr.st_size not in (0, device.disksize if device else 0)
             ):
                 raise pyfuse3.FUSEError(errno.EINVAL)
         return self._attrs(inode)
@@ -268,23 +304,21 @@ class ZramOperations(pyfuse3.Operations):
 
     @errno_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        device, name = self._resolve(inode)
-        if name in ("/", ""):
+        kind, device, name = self._resolve(inode)
+        if kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR)
         accmode = flags & os.O_ACCMODE
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
-        if name != "image":
-            readable = name in ("hot_add", "stats", "metrics") or (
-                device is not None and device.readable(name)
-            )
-            writable = name == "hot_remove" or (device is not None and device.writable(name))
-            if (wants_read and not readable) or (wants_write and not writable):
-                raise pyfuse3.FUSEError(errno.EACCES)
+        # The modes say what each file allows, for root too (as sysfs: root cannot read
+        # a write-only attribute); default_permissions has already checked other users.
+        mode = FILE_MODES[name]
+        if (wants_read and not mode & 0o444) or (wants_write and not mode & 0o222):
+            raise pyfuse3.FUSEError(errno.EACCES)
         fh = self._next_fh
         self._next_fh += 1
         self._files[fh] = OpenFile(inode, device, name)
-        if name == "image":
+        if name == IMAGE:
             assert device is not None
             device.open_count += 1
         # direct_io: no page cache for any file.  For the image this is what keeps
@@ -294,7 +328,7 @@ class ZramOperations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         f = self._files.pop(fh, None)
-        if f is not None and f.name == "image" and f.device is not None:
+        if f is not None and f.name == IMAGE and f.device is not None:
             f.device.open_count -= 1
 
     async def flush(self, fh: int) -> None:
@@ -318,7 +352,7 @@ class ZramOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
             f = self._file(fh)
-            if f.name != "image":
+            if f.name != IMAGE:
                 return self._read_control(f, off, size)
             device = f.device
             assert device is not None
@@ -345,7 +379,7 @@ class ZramOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         try:
             f = self._file(fh)
-            if f.name != "image":
+            if f.name != IMAGE:
                 if f.name == "algorithm_params" and f.device is not None:
                     return await self._write_algorithm_params(f.device, buf)
                 return self._write_control(f, buf)
@@ -375,18 +409,21 @@ class ZramOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno_of(exc, "write")) from None
 
     def _write_control(self, f: OpenFile, buf: bytes) -> int:
-        if f.name == "hot_remove":
+        if f.name == HOT_REMOVE:
             removed = self.table.hot_remove(buf)
             self._generation.pop(removed.dev_id, None)
-            # ENOENT means the kernel had no dentry for it cached: nothing to invalidate.
-            pyfuse3.invalidate_entry_async(
-                ROOT_INODE, os.fsencode(removed.name), ignore_enoent=True
-            )
+            self.forget_entry(removed.name)
         elif f.device is not None:
             f.device.write_attr(f.name, buf)
         else:
             raise pyfuse3.FUSEError(errno.EACCES)
         return len(buf)
+
+    def forget_entry(self, name: str) -> None:
+        """Tell the kernel that the root's entry ``name`` is gone (after hot_remove)."""
+        # Queued to pyfuse3's notify thread: a request handler must not wait for it. ENOENT
+        # means the kernel had no dentry cached, so there was nothing to invalidate.
+        pyfuse3.invalidate_entry_async(ROOT_INODE, os.fsencode(name), ignore_enoent=True)
 
     async def _write_algorithm_params(self, device: ZramDevice, buf: bytes) -> int:
         """algorithm_params: a dict= file is read on a worker thread with a timeout, and only
@@ -414,8 +451,8 @@ class ZramOperations(pyfuse3.Operations):
     def fallocate(self, inode: int, mode: int, off: int, length: int, fh: int) -> int:
         """The fallocate shim's callback (synchronous, on the trio thread); returns an errno."""
         try:
-            device, name = self._resolve(inode)
-            if name != "image" or device is None:
+            _, device, name = self._resolve(inode)
+            if name != IMAGE or device is None:
                 return errno.EOPNOTSUPP
             if off < 0 or length <= 0:
                 return errno.EINVAL
@@ -438,16 +475,16 @@ class ZramOperations(pyfuse3.Operations):
     # -- control rendering -------------------------------------------------------------
 
     def _render(self, f: OpenFile) -> bytes:
-        if f.name == "hot_add":
+        if f.name == HOT_ADD:
             added = self.table.hot_add()
             self._note_added(added)
             return f"{added.dev_id}\n".encode()
-        if f.name == "metrics":
+        if f.name == METRICS:
             return render_metrics([d.statistics() for d in self.table]).encode()
         device = f.device
         if device is None or self.table.get(device.dev_id) is not device:
             raise pyfuse3.FUSEError(errno.ENODEV)
-        if f.name == "stats":
+        if f.name == STATS:
             return render_stats(device.statistics()).encode()
         return device.read_attr(f.name)
 

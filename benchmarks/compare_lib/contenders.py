@@ -24,7 +24,6 @@ from .system import (
     Unavailable,
     attach_loop,
     ensure_tools,
-    format_size,
     have,
     log,
     make_dir,
@@ -122,7 +121,7 @@ class Zramfs(Contender):
         with ExitStack() as stack:
             mnt = make_dir(stack, f"zramfs-compare-{self.algorithm}-")
             stack.callback(self._umount, mnt)
-            cmd = [str(self.cli), "mount", str(mnt), "-s", format_size(size),
+            cmd = [str(self.cli), "mount", str(mnt), "-s", str(size),
                    "-a", self.algorithm]
             try:
                 run(cmd, timeout=120)

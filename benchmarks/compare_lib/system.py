@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,12 +12,16 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+# One reading and rendering of sizes for the whole repository: --size 256M reads as
+# `zramfs mount -s 256M` would, and labels print as zramctl (and `zramfs status`) do.
+from zramfs.sizes import format_size as format_size
+from zramfs.sizes import parse_size as parse_size
+
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
 
-_SUFFIXES = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
 
 
 class CommandError(RuntimeError):
@@ -27,23 +30,6 @@ class CommandError(RuntimeError):
 
 class Unavailable(RuntimeError):
     """A contender cannot run on this machine (missing tool, no free device, failed mount)."""
-
-
-def parse_size(text: str) -> int:
-    """'256M' -> 268435456; K, M, G, T suffixes are binary (as zramctl and fio read them)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    return int(m.group(1)) * _SUFFIXES[m.group(2).upper()]
-
-
-def format_size(n: int) -> str:
-    """268435456 -> '256M' (exact multiples only, else bytes)."""
-    for suffix in ("T", "G", "M", "K"):
-        unit = _SUFFIXES[suffix]
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{suffix}"
-    return str(n)
 
 
 def log(message: str) -> None:

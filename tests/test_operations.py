@@ -108,8 +108,8 @@ def test_tree_names_and_modes_come_from_one_table() -> None:
     for name in DEVICE_FILES:
         a = run(ops.lookup, ops.dir_inode(1), name.encode(), CTX)
         assert stat.S_ISREG(a.st_mode) and stat.S_IMODE(a.st_mode) == FILE_MODES[name], name
-    for parent, name in ((ROOT_INODE, b"zram2"), (ops.dir_inode(0), b"nosuch")):
-        assert fuse_errno(ops.lookup, parent, name, CTX) == errno.ENOENT
+    for parent, missing in ((ROOT_INODE, b"zram2"), (ops.dir_inode(0), b"nosuch")):
+        assert fuse_errno(ops.lookup, parent, missing, CTX) == errno.ENOENT
     assert fuse_errno(ops.getattr, ops.dir_inode(5), CTX) == errno.ENOENT
     assert fuse_errno(ops.opendir, HOT_ADD_INODE, CTX) == errno.ENOTDIR
 
@@ -195,7 +195,10 @@ def test_every_control_file_good_and_bad_inputs() -> None:
 
 def test_reading_control_files() -> None:
     ops = make(disksize=16 * MiB)
-    ino = lambda name: inode_of(ops, 0, name)  # noqa: E731
+
+    def ino(name: str) -> int:
+        return inode_of(ops, 0, name)
+
     assert read_ctl(ops, ino("disksize")) == b"16777216\n"
     assert read_ctl(ops, ino("initstate")) == b"1\n"
     assert read_ctl(ops, ino("comp_algorithm")).startswith(b"[lz4] ")

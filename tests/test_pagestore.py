@@ -264,7 +264,7 @@ def test_out_of_range_changes_nothing(offset: int, length: int) -> None:
     s = store()
     s.write(0, text_bytes(8 * PAGE, 4))
     before = snapshot(s)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: s.read(offset, length),
         lambda: s.fetch(offset, length),
         lambda: s.discard(offset, length),

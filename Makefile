@@ -6,9 +6,10 @@ PYTHON      ?= python3
 VENV        := .venv
 BIN         := $(VENV)/bin
 MOUNTPOINT  ?= /mnt/zramfs
-# fuse3/libfuse3-dev/pkg-config/gcc build pyfuse3 and our fallocate shim;
+# fuse3/libfuse3-dev/pkg-config/gcc build pyfuse3 and our fallocate shim, liblz4-dev and
+# libzstd-dev our page codec;
 # the rest are the tools the three user paths (and the tests) drive for real.
-APT_PKGS    := fuse3 libfuse3-dev pkg-config gcc util-linux e2fsprogs xfsprogs btrfs-progs fio
+APT_PKGS    := fuse3 libfuse3-dev liblz4-dev libzstd-dev pkg-config gcc util-linux e2fsprogs xfsprogs btrfs-progs fio
 
 .PHONY: run test deps venv lint umount clean install-systemd uninstall-systemd
 
@@ -23,7 +24,7 @@ deps:
 	@modprobe fuse 2>/dev/null || true
 	@modprobe loop 2>/dev/null || true
 
-$(BIN)/zramfs: pyproject.toml setup.py zramfs/_fallocate.c | deps
+$(BIN)/zramfs: pyproject.toml setup.py zramfs/_fallocate.c zramfs/_pagecodec.c | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,bench]'

@@ -291,11 +291,13 @@ def test_bad_disksize() -> None:
 
 
 def test_mem_limit_failure_keeps_old_data_and_counts() -> None:
-    s = store(256, mem_limit=48 * PAGE)
+    # (56 pages: room for the text below, whose pool layout depends on the exact lz4
+    # output, plus a few huge pages of the failing write)
+    s = store(256, mem_limit=56 * PAGE)
     old = text_bytes(64 * PAGE, 7)
     s.write(0, old)
     used_before = s.statistics().mem_used_total
-    assert used_before <= 48 * PAGE
+    assert used_before <= 56 * PAGE
     new = noise(64 * PAGE, 8)  # huge pages: one pool page each
     with pytest.raises(MemLimitExceeded) as info:
         s.write(PAGE // 2, new)  # a partial head page first
@@ -308,8 +310,8 @@ def test_mem_limit_failure_keeps_old_data_and_counts() -> None:
     assert s.read(0, 256 * PAGE) == expect
     st_ = s.statistics()
     assert st_.failed_writes == 1
-    assert st_.mem_used_total <= 48 * PAGE
-    assert st_.mem_limit == 48 * PAGE
+    assert st_.mem_used_total <= 56 * PAGE
+    assert st_.mem_limit == 56 * PAGE
     # Raising the limit lets the same write go through.
     s.mem_limit = 0
     s.write(PAGE // 2, new)

@@ -10,7 +10,11 @@ inputs, with one compressor and one decompressor context per thread because zsta
 contexts are not thread-safe; deflate is raw deflate (zlib, wbits -15), levels 1..9
 (default 6). lz4 and zstd take a dictionary file (dict=PATH), read once when the codec is
 made. Every (de)compression call is thread-safe and runs with the GIL released for the
-duration of the library call. Bad names, levels or parameters raise CodecError (a
+duration of the library call. A batch API (encode_pages, decode_pages) takes a whole
+request's pages in one call: for lz4 and zstd without a dictionary it runs in the C
+extension zramfs._pagecodec with the GIL released for the whole page loop (the blocks
+differ from the per-page path's bytes but each path decodes the other's); otherwise it
+loops over the per-page calls. Bad names, levels or parameters raise CodecError (a
 ValueError) with a message fit for a user, never a silent default. This module also parses
 the text of the algorithm_params control file into AlgorithmParams.
 """
@@ -26,6 +30,8 @@ from typing import TYPE_CHECKING
 import lz4.block
 import zstandard
 
+from . import _pagecodec
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
@@ -34,6 +40,7 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "MAX_DICT_SIZE",
     "AlgorithmParams",
+    "BatchDecompressError",
     "Codec",
     "CodecError",
     "DecompressError",
@@ -65,6 +72,14 @@ class DecompressError(CodecError):
     """A compressed block that does not decode to the expected page (corrupt data)."""
 
 
+class BatchDecompressError(DecompressError):
+    """decode_pages() met a payload that does not decode; ``index`` is its position."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+
+
 def level_range(name: str) -> tuple[int, int] | None:
     """The accepted (lowest, highest) level of algorithm ``name``; None if it takes none."""
     lo, hi, _default, _dict = _spec(name)
@@ -88,7 +103,7 @@ class Codec:
     to a worker thread; below that the GIL hand-offs cost more than they save (measured
     in benchmarks/README.md, "Where the time goes")."""
 
-    __slots__ = ("name", "level", "dict_path")
+    __slots__ = ("name", "level", "dict_path", "batch_nogil")
     slow_compress = True
     slow_decompress = False
 
@@ -96,6 +111,9 @@ class Codec:
         self.name = name
         self.level = level
         self.dict_path = dict_path
+        # True when encode_pages/decode_pages release the GIL for the whole batch, so that
+        # a large request is worth a worker thread whatever the per-page speed.
+        self.batch_nogil = False
 
     def compress(self, data: Buffer) -> bytes:
         """The compressed block for ``data`` (normally one 4096-byte page)."""
@@ -106,10 +124,62 @@ class Codec:
         a valid block or does not decode to exactly ``size`` bytes."""
         raise NotImplementedError
 
+    def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
+        """Payloads for the whole 4096-byte pages of ``data``, in order: the fill word (an
+        int) of a page whose 8-byte words are all equal, the raw page (bytes of PAGE_SIZE)
+        if it compresses to ``huge`` bytes or more, else the compressed block."""
+        mv = memoryview(data).cast("B")
+        compress = self.compress
+        out: list[int | bytes] = []
+        append = out.append
+        for pos in range(0, mv.nbytes - PAGE_SIZE + 1, PAGE_SIZE):
+            raw = mv[pos : pos + PAGE_SIZE].tobytes()
+            word = raw[:8]
+            if raw[-8:] == word and raw == word * _WORDS_PER_PAGE:
+                append(int.from_bytes(word, "little"))
+                continue
+            c = compress(raw)
+            append(raw if len(c) >= huge else c)
+        return out
+
+    def decode_pages(self, payloads: list[int | bytes]) -> bytes:
+        """The pages of encode_pages() payloads, joined (an int is a fill word, 0 also for
+        an unwritten page; PAGE_SIZE bytes are a raw page). BatchDecompressError names the
+        first payload that does not decode."""
+        decompress = self.decompress
+        parts: list[bytes] = []
+        append = parts.append
+        for k, p in enumerate(payloads):
+            if type(p) is int:
+                append(_fill_page(p))
+            elif len(p) == PAGE_SIZE:  # type: ignore[arg-type]
+                append(p)  # type: ignore[arg-type]
+            else:
+                try:
+                    append(decompress(p, PAGE_SIZE))  # type: ignore[arg-type]
+                except DecompressError as exc:
+                    raise BatchDecompressError(k, str(exc)) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def __repr__(self) -> str:
         extra = "" if self.level is None else f" level={self.level}"
         extra += "" if self.dict_path is None else f" dict={self.dict_path}"
         return f"<Codec {self.name}{extra}>"
+
+
+_WORDS_PER_PAGE = PAGE_SIZE // 8
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def _fill_page(word: int) -> bytes:
+    return _ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * _WORDS_PER_PAGE
+
+
+def _c_decode(algo: int, name: str, payloads: list[int | bytes]) -> bytes:
+    out = _pagecodec.decode(algo, payloads)
+    if isinstance(out, int):
+        raise BatchDecompressError(out, f"{name}: not a valid block of {PAGE_SIZE} bytes")
+    return out
 
 
 def _check_size(out: bytes, size: int, name: str) -> bytes:
@@ -125,6 +195,17 @@ class _Lz4(Codec):
     def __init__(self, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("lz4", None, dict_path)
         self._dict = dictionary
+        self.batch_nogil = dictionary is None
+
+    def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
+        if self._dict is None:
+            return _pagecodec.encode(_pagecodec.LZ4, 0, data, huge)
+        return super().encode_pages(data, huge)
+
+    def decode_pages(self, payloads: list[int | bytes]) -> bytes:
+        if self._dict is None:
+            return _c_decode(_pagecodec.LZ4, "lz4", payloads)
+        return super().decode_pages(payloads)
 
     def compress(self, data: Buffer) -> bytes:
         if self._dict is None:
@@ -163,10 +244,12 @@ class _Lz4Hc(Codec):
 
 
 class _Zstd(Codec):
-    __slots__ = ("_params", "_zdict", "_local")  # compression ~19 us/page; decompression ~7
+    # compression ~19 us/page; decompression ~7
+    __slots__ = ("_level", "_params", "_zdict", "_local")
 
     def __init__(self, level: int, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("zstd", level, dict_path)
+        self._level = level
         # Bare frames: no magic number, content size, checksum or dictionary id (5-10 bytes
         # a page), parameters chosen for 4 KiB inputs (a small window, small tables).
         self._zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
@@ -181,6 +264,17 @@ class _Zstd(Codec):
         )
         self._local = threading.local()
         self._contexts()  # fail now, not on the first page, if the library refuses
+        self.batch_nogil = self._zdict is None
+
+    def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
+        if self._zdict is None:
+            return _pagecodec.encode(_pagecodec.ZSTD, self._level, data, huge)
+        return super().encode_pages(data, huge)
+
+    def decode_pages(self, payloads: list[int | bytes]) -> bytes:
+        if self._zdict is None:
+            return _c_decode(_pagecodec.ZSTD, "zstd", payloads)
+        return super().decode_pages(payloads)
 
     def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
         local = self._local

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .blockmap import BlockMap
-from .codecs import Codec, DecompressError
+from .codecs import BatchDecompressError, Codec, DecompressError
 from .zsmalloc import HUGE_CLASS_SIZE, PoolStatistics, ZsPool, size_class
 
 if TYPE_CHECKING:
@@ -430,6 +430,8 @@ class PageStore:
 
     def _encode_pages(self, mv: memoryview) -> list[int | bytes]:
         """Payloads for consecutive whole pages (CPU only)."""
+        if self._codec.batch_nogil:  # the whole loop in C, without the GIL
+            return self._codec.encode_pages(mv, HUGE_CLASS_SIZE)
         npages = mv.nbytes >> _PAGE_SHIFT
         if npages < _NUMPY_SAME_MIN:
             encode_one = self._encode_one
@@ -800,22 +802,12 @@ class PageStore:
             raise ValueError("the read still needs its backing blocks (fill_backing)")
         if not pending.payloads:
             return b""
-        decompress = self._decompress
-        parts: list[bytes] = []
-        append = parts.append
-        for k, p in enumerate(pending.payloads):
-            if type(p) is int:
-                append(_fill_page(p))
-            elif len(p) == PAGE_SIZE:  # type: ignore[arg-type]
-                append(p)  # type: ignore[arg-type]
-            else:
-                try:
-                    append(decompress(p, PAGE_SIZE))  # type: ignore[arg-type]
-                except DecompressError as exc:
-                    with self._error_lock:
-                        self._failed_reads += 1
-                    raise PageCorrupt(pending.first + k, str(exc)) from None
-        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            out = self._codec.decode_pages(pending.payloads)
+        except BatchDecompressError as exc:
+            with self._error_lock:
+                self._failed_reads += 1
+            raise PageCorrupt(pending.first + exc.index, str(exc)) from None
         skip = pending.offset & _PAGE_MASK
         if skip or len(out) != pending.length:
             out = out[skip : skip + pending.length]

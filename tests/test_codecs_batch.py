@@ -152,6 +152,10 @@ def test_unwritten_and_fill_pages_decode(all_codecs: list[Codec]) -> None:
     for codec in all_codecs:
         out = codec.decode_pages([0, w, make_page("random", 1)])
         assert out == bytes(PAGE) + w.to_bytes(8, "little") * (PAGE // 8) + make_page("random", 1)
+        # a block read back from a backing store may come as a bytearray
+        block = codec.encode_pages(make_page("text", 3), HUGE_CLASS_SIZE)[0]
+        assert type(block) is bytes
+        assert codec.decode_pages([bytearray(block), 0]) == make_page("text", 3) + bytes(PAGE)
 
 
 def test_bad_input_raises(all_codecs: list[Codec]) -> None:

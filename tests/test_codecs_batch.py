@@ -155,7 +155,7 @@ def test_unwritten_and_fill_pages_decode(all_codecs: list[Codec]) -> None:
         # a block read back from a backing store may come as a bytearray
         block = codec.encode_pages(make_page("text", 3), HUGE_CLASS_SIZE)[0]
         assert type(block) is bytes
-        assert codec.decode_pages([bytearray(block), 0]) == make_page("text", 3) + bytes(PAGE)
+        assert codec.decode_pages([bytearray(block), 0]) == make_page("text", 3) + bytes(PAGE)  # type: ignore[list-item]
 
 
 def test_bad_input_raises(all_codecs: list[Codec]) -> None:

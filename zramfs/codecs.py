@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING
 import lz4.block
 import zstandard
 
-from . import _pagecodec
+try:
+    from . import _pagecodec
+except ImportError:  # not built yet (a checkout before `make venv`): the per-page path
+    _pagecodec = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -195,15 +198,15 @@ class _Lz4(Codec):
     def __init__(self, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("lz4", None, dict_path)
         self._dict = dictionary
-        self.batch_nogil = dictionary is None
+        self.batch_nogil = dictionary is None and _pagecodec is not None
 
     def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
-        if self._dict is None:
+        if self.batch_nogil:
             return _pagecodec.encode(_pagecodec.LZ4, 0, data, huge)
         return super().encode_pages(data, huge)
 
     def decode_pages(self, payloads: list[int | bytes]) -> bytes:
-        if self._dict is None:
+        if self.batch_nogil:
             return _c_decode(_pagecodec.LZ4, "lz4", payloads)
         return super().decode_pages(payloads)
 
@@ -264,15 +267,15 @@ class _Zstd(Codec):
         )
         self._local = threading.local()
         self._contexts()  # fail now, not on the first page, if the library refuses
-        self.batch_nogil = self._zdict is None
+        self.batch_nogil = self._zdict is None and _pagecodec is not None
 
     def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
-        if self._zdict is None:
+        if self.batch_nogil:
             return _pagecodec.encode(_pagecodec.ZSTD, self._level, data, huge)
         return super().encode_pages(data, huge)
 
     def decode_pages(self, payloads: list[int | bytes]) -> bytes:
-        if self._zdict is None:
+        if self.batch_nogil:
             return _c_decode(_pagecodec.ZSTD, "zstd", payloads)
         return super().decode_pages(payloads)
 

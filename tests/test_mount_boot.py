@@ -479,3 +479,54 @@ def test_top_live_until_q(zramfs: ZramfsFactory) -> None:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_the_readme_five_line_config(boot: Resources, tmp_path: Path) -> None:
+    """The README's "From boot to swap" config, as written, with the paths moved under tmp."""
+    require("mkswap", "swapon", "mkfs.ext2", "blkid")
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("    # /etc/zramfs/zramfs.conf\n", 1)[1].split("\n\n", 1)[0]
+    lines = [line[4:] for line in block.splitlines()]
+    assert len(lines) == 5, lines
+    data = tmp_path / "compressed"
+    body = "\n".join(lines).replace("/var/compressed", str(data)) + "\n"
+    conf, mnt = write_config(tmp_path, body)
+    zramfs_cmd("start", "--config", conf)
+    m = ZramMount(mnt)
+    assert "[zstd]" in m.read("comp_algorithm", 0).split()
+    ram_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MiB
+    assert m.disksize(0) in (min(ram_mib // 2, 4096) * MiB, min(ram_mib // 2 - 1, 4096) * MiB)
+    assert m.disksize(1) == 1024 * MiB
+    holders = {img: dev for dev, img in images_holders(mnt).items()}
+    assert holders[f"{mnt}/zram0/image"] in active_swaps()
+    assert swap_priority(holders[f"{mnt}/zram0/image"]) == 100
+    assert is_mounted(data)
+    assert run("findmnt", "-n", "-o", "FSTYPE", data).stdout.strip() == "ext2"
+    zramfs_cmd("stop", "--config", conf)
+    assert not is_zramfs_mount(mnt)
+
+
+def test_stop_keeps_the_daemon_while_a_swap_cannot_be_turned_off(
+    boot: Resources, tmp_path: Path
+) -> None:
+    """If swapoff fails (here a swapoff that always fails, first on PATH), stop says so and
+    leaves the daemon serving the swap: nothing is unmounted or detached."""
+    require("mkswap", "swapon", "blkid")
+    conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\n")
+    zramfs_cmd("start", "--config", conf)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "swapoff"
+    fake.write_text("#!/bin/sh\necho 'swapoff: Cannot allocate memory' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    assert ZRAMFS is not None
+    res = subprocess.run([ZRAMFS, "stop", "--config", str(conf)], capture_output=True,
+                         text=True, timeout=120,
+                         env=dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}"))
+    assert res.returncode == 1
+    assert "Cannot allocate memory" in res.stderr and "keeps serving" in res.stderr
+    assert is_zramfs_mount(mnt)
+    (swap_dev,) = images_holders(mnt)
+    assert swap_dev in active_swaps()
+    zramfs_cmd("stop", "--config", conf)  # the real swapoff works
+    assert not is_zramfs_mount(mnt) and swap_dev not in active_swaps()

@@ -530,3 +530,21 @@ def test_stop_keeps_the_daemon_while_a_swap_cannot_be_turned_off(
     assert swap_dev in active_swaps()
     zramfs_cmd("stop", "--config", conf)  # the real swapoff works
     assert not is_zramfs_mount(mnt) and swap_dev not in active_swaps()
+
+
+def test_start_never_formats_over_data(boot: Resources, tmp_path: Path) -> None:
+    """A device still up with a filesystem the configuration no longer names is refused,
+    not reformatted: the user's files survive a changed fs-type."""
+    require("mkswap", "swapon", "mkfs.ext4", "mkfs.ext2", "blkid")
+    data = tmp_path / "data"
+    conf, mnt = write_config(tmp_path, SWAP_AND_EXT4.format(data=data))
+    zramfs_cmd("start", "--config", conf)
+    (data / "keep").write_text("precious")
+    run("umount", data)
+    conf.write_text(conf.read_text().replace("fs-type = ext4", "fs-type = ext2"))
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    assert res.returncode == 1 and "holds ext4" in res.stderr, res.stderr
+    conf.write_text(conf.read_text().replace("fs-type = ext2", "fs-type = ext4"))
+    zramfs_cmd("start", "--config", conf)
+    assert (data / "keep").read_text() == "precious"
+    zramfs_cmd("stop", "--config", conf)

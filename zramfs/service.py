@@ -177,10 +177,22 @@ def attach(image: str, steps: Steps) -> str:
     return loop
 
 
+def _needs_format(d: DeviceConfig, loop: str, wanted: str) -> bool:
+    """True for a blank device; False if it already holds `wanted`.  Anything else is data
+    (the device was set up otherwise and is still initialised): never formatted over."""
+    found = blkid_type(loop)
+    if not found:
+        return True
+    if found == wanted:
+        return False
+    raise StartError(f"{d.name} ({loop}) holds {found}, the configuration asks for {wanted}: "
+                     "nothing is formatted over it; run zramfs stop first to reset it")
+
+
 def bring_up_swap(d: DeviceConfig, loop: str, steps: Steps) -> None:
     if loop in active_swaps():
         return
-    if blkid_type(loop) != "swap":
+    if _needs_format(d, loop, "swap"):
         run(["mkswap", "-L", f"zramfs-{d.name}", loop])
         steps.did(f"mkswap {loop}")
     run(["swapon", *swap_flags(d.options), "-p", str(d.swap_priority), loop])
@@ -191,7 +203,7 @@ def bring_up_filesystem(d: DeviceConfig, loop: str, steps: Steps) -> None:
     where = d.mount_point
     if where is not None and where in mounts_by_source().get(loop, []):
         return
-    if blkid_type(loop) != d.fs_type:
+    if _needs_format(d, loop, d.fs_type):
         quiet = ["-q"] if d.fs_type in QUIET_MKFS else []
         run([f"mkfs.{d.fs_type}", *quiet, loop])
         steps.did(f"mkfs.{d.fs_type} {loop}")

@@ -211,6 +211,33 @@ def test_missing_control_file_is_an_error_not_ignored(boot: Resources, tmp_path:
         assert images_holders(mnt) == {}
 
 
+def test_policy_keys_reach_their_control_files(boot: Resources, tmp_path: Path) -> None:
+    """zramfs's own keys land in their control files, or start stops naming the file it
+    lacks (looked up on a probe mount, so this stays true as the tier lands)."""
+    require("mkswap", "swapon", "blkid")
+    keys = {"policy-interval": ("policy_interval", "7"),  # in config.POLICY_KEYS' order
+            "recompress-after": ("recompress_after", "600"),
+            "writeback-after": ("writeback_after", "3600"), "auto-compact": ("auto_compact", "30")}
+    body = "[zram0]\nzram-size = 32\n" + "".join(f"{k} = {v}\n" for k, (_, v) in keys.items())
+    conf, mnt = write_config(tmp_path, body)
+    probe_dir = tmp_path / "probe"
+    boot.zramfs_mounts.append(probe_dir)
+    zramfs_cmd("mount", probe_dir, "-s", "0")
+    present = {f for f, _ in keys.values() if (probe_dir / "zram0" / f).exists()}
+    zramfs_cmd("umount", probe_dir)
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    if len(present) == len(keys):
+        assert res.returncode == 0, res.stderr
+        for control, value in keys.values():
+            assert (mnt / "zram0" / control).read_text().split()[0] == value, control
+        zramfs_cmd("stop", "--config", conf)
+    else:
+        first_missing = next(f for f, _ in keys.values() if f not in present)
+        assert res.returncode == 1
+        assert f"{mnt}/zram0/{first_missing} does not exist" in res.stderr, res.stderr
+        assert not is_zramfs_mount(mnt) and images_holders(mnt) == {}
+
+
 # -- systemd --------------------------------------------------------------------------------
 
 

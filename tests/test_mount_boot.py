@@ -472,7 +472,8 @@ def test_top_batch_frames(zramfs: ZramfsFactory) -> None:
     assert "1M" in line  # DATA
 
 
-def test_top_live_until_q(zramfs: ZramfsFactory) -> None:
+@pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
+def test_top_live_until_q(zramfs: ZramfsFactory, key: bytes) -> None:
     m = zramfs(size="64M")
     m.pwrite(text_bytes(MiB, seed=9), 0)
     assert ZRAMFS is not None
@@ -487,7 +488,7 @@ def test_top_live_until_q(zramfs: ZramfsFactory) -> None:
                 screen += os.read(fd, 65536)
         assert screen.count(b"zramfs top") >= 2, screen[-2000:]
         assert b"\x1b[2J" in screen and f"{m.path}/zram0".encode() in screen
-        os.write(fd, b"q")
+        os.write(fd, key)
         deadline = time.monotonic() + 30
         status = None
         while time.monotonic() < deadline:
@@ -496,11 +497,13 @@ def test_top_live_until_q(zramfs: ZramfsFactory) -> None:
                 break
             if select.select([fd], [], [], 0.2)[0]:
                 try:
-                    os.read(fd, 65536)
+                    screen += os.read(fd, 65536)
                 except OSError:
                     pass
         assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         pid = 0
+        # the terminal is given back: cursor shown again
+        assert b"\x1b[?25h" in screen + _drain(fd)
     finally:
         if pid:
             os.kill(pid, 9)
@@ -575,3 +578,16 @@ def test_start_never_formats_over_data(boot: Resources, tmp_path: Path) -> None:
     zramfs_cmd("start", "--config", conf)
     assert (data / "keep").read_text() == "precious"
     zramfs_cmd("stop", "--config", conf)
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out

@@ -343,6 +343,19 @@ EXPECTED_MODES = {
     "mm_stat": 0o444,
     "io_stat": 0o444,
     "debug_stat": 0o444,
+    # the writeback and recompression tier
+    "backing_dev": 0o644,
+    "writeback": 0o200,
+    "writeback_limit_enable": 0o644,
+    "writeback_limit": 0o644,
+    "bd_stat": 0o444,
+    "recomp_algorithm": 0o644,
+    "recompress": 0o200,
+    "auto_writeback": 0o644,
+    "policy_interval": 0o644,
+    "recompress_after": 0o644,
+    "writeback_after": 0o644,
+    "auto_compact": 0o644,
 }
 
 

@@ -31,7 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import fallocate, zsmalloc
+from .backing import FileBacking, open_backing
 from .device import DeviceTable
+from .dictionary import zramfs_devices
 from .holders import holders_under
 
 log = logging.getLogger(__name__)
@@ -116,8 +118,14 @@ def harden() -> None:
         log.warning("PR_SET_IO_FLUSHER failed: %s", os.strerror(ctypes.get_errno()))
 
 
+def _open_backing(path: str) -> FileBacking:
+    """backing_dev for writes made in-process before the mount (config): refuses files on
+    zramfs mounts, as the mounted control file does."""
+    return open_backing(path, zramfs_devices())
+
+
 def build_table(config: MountConfig) -> DeviceTable:
-    table = DeviceTable()
+    table = DeviceTable(open_backing=_open_backing)
     for _ in range(config.devices):
         device = table.hot_add()
         device.configure(config.disksize, config.algorithm, config.mem_limit)
@@ -185,6 +193,7 @@ def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> No
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
+            nursery.start_soon(ops.tier.run)  # backing store, auto writeback, policy, compaction
             ready()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from .codecs import (
     ALGORITHMS,
@@ -24,8 +25,17 @@ from .codecs import (
     make_codec,
     parse_algorithm_params,
 )
-from .pagestore import PAGE_SIZE, PageStore, StoreStatistics
+from .pagestore import (
+    MAX_PRIORITY,
+    PAGE_SIZE,
+    WB_HUGE,
+    WB_IDLE,
+    WB_INCOMPRESSIBLE,
+    PageStore,
+    StoreStatistics,
+)
 from .sizes import memparse
+from .zsmalloc import HUGE_CLASS_SIZE
 
 DEFAULT_ALGORITHM = "lz4"
 # sysfs hands a store() at most one page; longer writes are refused outright.
@@ -33,6 +43,48 @@ MAX_CONTROL_WRITE = 4096
 # The largest disksize the image can show: a file's size is a signed 64-bit off_t
 # (FUSE's s_maxbytes is MAX_LFS_FILESIZE, 2**63 - 1), rounded down to a page.
 MAX_DISKSIZE = ((1 << 63) - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+class BackingStore(Protocol):
+    """What a device keeps of its backing store (zramfs.backing opens the real ones)."""
+
+    path: str
+    nblocks: int
+
+    def read_block(self, block: int) -> bytes: ...
+
+    def read_blocks(self, blocks: list[int]) -> list[bytes | OSError]: ...
+
+    def write_blocks(self, blocks: list[int], data: list[bytes]) -> set[int]: ...
+
+    def discard_blocks(self, blocks: list[int]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# The number a control file's open_backing hook gets (a path) and returns (a store).
+OpenBacking = Callable[[str], BackingStore]
+AUTO_WRITEBACK_DEFAULT = 90  # percent of mem_limit, once backing_dev and mem_limit are set
+AUTO_COMPACT_DEFAULT = 25  # percent of the pool's pages wasted inside zspages
+
+
+@dataclass(frozen=True)
+class WritebackRequest:
+    """A parsed write to `writeback`: the scans the kernel would make, each
+    (mode, first page, end page), mode a combination of WB_IDLE/WB_HUGE/WB_INCOMPRESSIBLE."""
+
+    scans: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class RecompressRequest:
+    """A parsed write to `recompress` (see PageStore.select_recompress/recompress)."""
+
+    mode: int
+    threshold: int
+    max_pages: int | None
+    prio: int
+    prio_max: int
 
 
 class ControlError(OSError):
@@ -126,10 +178,28 @@ class ZramDevice:
         "mm_stat": 0o444,
         "io_stat": 0o444,
         "debug_stat": 0o444,
+        # the writeback and recompression tier (kernel ABI)
+        "backing_dev": 0o644,
+        "writeback": 0o200,
+        "writeback_limit_enable": 0o644,
+        "writeback_limit": 0o644,
+        "bd_stat": 0o444,
+        "recomp_algorithm": 0o644,
+        "recompress": 0o200,
+        # beyond the kernel
+        "auto_writeback": 0o644,
+        "policy_interval": 0o644,
+        "recompress_after": 0o644,
+        "writeback_after": 0o644,
+        "auto_compact": 0o644,
     }
 
-    def __init__(self, dev_id: int) -> None:
+    def __init__(self, dev_id: int, open_backing: OpenBacking | None = None) -> None:
         self.dev_id = dev_id
+        self._open_backing = open_backing
+        self.backing: BackingStore | None = None
+        # Writebacks and recompressions in flight (the shell's): reset waits for none.
+        self.busy = 0
         self.open_count = 0
         # Set by DeviceTable.hot_remove: control files opened before then answer ENODEV.
         self.removed = False
@@ -142,6 +212,16 @@ class ZramDevice:
             "mm_stat": self._show_mm_stat,
             "io_stat": self._show_io_stat,
             "debug_stat": lambda: "version: 1\n0 %8d\n" % 0,
+            "backing_dev": lambda: f"{self.backing.path if self.backing else 'none'}\n",
+            "writeback_limit_enable": lambda: f"{int(self.writeback_limit_enable)}\n",
+            "writeback_limit": lambda: f"{self._writeback_limit()}\n",
+            "bd_stat": self._show_bd_stat,
+            "recomp_algorithm": self._show_recomp_algorithm,
+            "auto_writeback": lambda: f"{self.auto_writeback}\n",
+            "policy_interval": lambda: f"{self.policy_interval}\n",
+            "recompress_after": lambda: f"{self.recompress_after}\n",
+            "writeback_after": lambda: f"{self.writeback_after}\n",
+            "auto_compact": lambda: f"{self.auto_compact}\n",
         }
         self._writers: dict[str, Callable[[str], None]] = {
             "disksize": self._store_disksize,
@@ -152,6 +232,17 @@ class ZramDevice:
             "mem_used_max": self._store_mem_used_max,
             "compact": self._store_compact,
             "idle": self._store_idle,
+            "backing_dev": self._store_backing_dev,
+            "writeback": self._store_writeback,
+            "writeback_limit_enable": self._store_writeback_limit_enable,
+            "writeback_limit": self._store_writeback_limit,
+            "recomp_algorithm": self._store_recomp_algorithm,
+            "recompress": self._store_recompress,
+            "auto_writeback": self._store_auto_writeback,
+            "policy_interval": lambda t: self._store_seconds("policy_interval", t),
+            "recompress_after": lambda t: self._store_seconds("recompress_after", t),
+            "writeback_after": lambda t: self._store_seconds("writeback_after", t),
+            "auto_compact": self._store_auto_compact,
         }
 
     def _reset_config(self) -> None:
@@ -160,6 +251,17 @@ class ZramDevice:
         self.params: dict[str, AlgorithmParams] = {}
         self.dictionaries: dict[str, bytes] = {}  # algorithm -> its dict= file's bytes
         self.mem_limit = 0
+        # the tier
+        self.recomp: dict[int, str] = {}  # priority -> recompression algorithm
+        self.recomp_params: dict[int, AlgorithmParams] = {}
+        self.recomp_dictionaries: dict[int, bytes] = {}
+        self.writeback_limit_enable = False
+        self._wb_limit = 0  # used until the store exists, then the store's
+        self._auto_writeback: int | None = None  # None: the default rule
+        self.policy_interval = 0
+        self.recompress_after = 0
+        self.writeback_after = 0
+        self.auto_compact = AUTO_COMPACT_DEFAULT
 
     @property
     def name(self) -> str:
@@ -211,7 +313,17 @@ class ZramDevice:
             initialised=self.store is not None,
             open_count=self.open_count,
             store=self.store.statistics() if self.store is not None else None,
+            backing_dev=self.backing.path if self.backing is not None else "none",
+            auto_writeback=self.auto_writeback,
         )
+
+    @property
+    def auto_writeback(self) -> int:
+        """The automatic writeback mark in percent of mem_limit (0: off): as written, else
+        AUTO_WRITEBACK_DEFAULT once both a backing store and a mem_limit are set."""
+        if self._auto_writeback is not None:
+            return self._auto_writeback
+        return AUTO_WRITEBACK_DEFAULT if self.backing is not None and self.mem_limit else 0
 
     # -- readers ---------------------------------------------------------------------
 
@@ -281,7 +393,14 @@ class ZramDevice:
         if size > MAX_DISKSIZE:
             raise ControlError(errno.ENOMEM, f"disksize {size} is over {MAX_DISKSIZE}")
         codec = self._codec(self.algorithm)
-        self.store = PageStore(size, codec, mem_limit=self.mem_limit)
+        recomp = {prio: self._recomp_codec(prio) for prio in self.recomp}
+        store = PageStore(size, codec, mem_limit=self.mem_limit)
+        store.set_recompression(recomp)
+        store.writeback_limit_enable = self.writeback_limit_enable
+        store.writeback_limit = self._wb_limit
+        if self.backing is not None:
+            store.attach_backing(self.backing.nblocks, self.backing.read_block)
+        self.store = store
         self.disksize = size
 
     def _store_reset(self, text: str) -> None:
@@ -289,13 +408,19 @@ class ZramDevice:
             raise ControlError(errno.EINVAL, "reset takes a non-zero number")
         if self.open_count:
             raise ControlError(errno.EBUSY, f"{self.name} is open ({self.open_count} opens)")
+        if self.busy:
+            raise ControlError(errno.EBUSY, f"{self.name} has a writeback or recompression running")
         self.reset()
 
     def reset(self) -> None:
-        """Free every page and go back to the uninitialised defaults (no checks)."""
+        """Free every page and go back to the uninitialised defaults (no checks); as the
+        kernel's reset, this also lets go of the backing store."""
         store, self.store = self.store, None
         if store is not None:
             store.close()
+        backing, self.backing = self.backing, None
+        if backing is not None:
+            backing.close()
         self._reset_config()
 
     def _store_comp_algorithm(self, text: str) -> None:
@@ -326,8 +451,17 @@ class ZramDevice:
             params = parse_algorithm_params(text)
         except CodecError as exc:
             raise ControlError(errno.EINVAL, str(exc)) from None
-        if params.priority not in (None, 0):
-            raise ControlError(errno.EINVAL, "recompression (priority > 0) is not supported")
+        prio = self._params_priority(params)
+        if prio:
+            # Parameters of a recompression algorithm (priority=N, or algo= naming one).
+            if prio not in self.recomp:
+                raise ControlError(errno.EINVAL, f"no recompression algorithm at priority {prio}")
+            if params.algo is not None and params.algo != self.recomp[prio]:
+                raise ControlError(
+                    errno.EINVAL, f"priority {prio} uses {self.recomp[prio]}, not {params.algo}"
+                )
+            self._require_uninitialised("algorithm_params")
+            return params
         algo = params.algo or self.algorithm
         if algo != self.algorithm:
             # As the kernel: algo= names the algorithm a priority already uses, so select
@@ -343,6 +477,28 @@ class ZramDevice:
         its dict= file) against the device as it is now, and take them."""
         if self.removed:
             raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        prio = self._params_priority(params)
+        if prio:
+            self._require_uninitialised("algorithm_params")
+            if prio not in self.recomp:  # recomp_algorithm changed while the file was read
+                raise ControlError(errno.EINVAL, f"no recompression algorithm at priority {prio}")
+            if params.dict_path is not None and dictionary is None:
+                raise ControlError(errno.EINVAL, f"dictionary {params.dict_path!r} was not read")
+            try:
+                make_codec(
+                    self.recomp[prio],
+                    level=params.level,
+                    dict_path=params.dict_path,
+                    dictionary=dictionary,
+                )
+            except CodecError as exc:
+                raise ControlError(errno.EINVAL, str(exc)) from None
+            self.recomp_params[prio] = params
+            if dictionary is None:
+                self.recomp_dictionaries.pop(prio, None)
+            else:
+                self.recomp_dictionaries[prio] = dictionary
+            return
         algo = params.algo or self.algorithm
         if algo != self.algorithm:  # comp_algorithm changed while the file was read
             raise ControlError(
@@ -360,6 +516,21 @@ class ZramDevice:
             self.dictionaries.pop(algo, None)
         else:
             self.dictionaries[algo] = dictionary
+
+    def _params_priority(self, params: AlgorithmParams) -> int:
+        """Which algorithm an algorithm_params write is for: priority=N (0 the primary,
+        1..3 recompression), else the priority whose algorithm algo= names (primary first)."""
+        if params.priority is not None:
+            if params.priority > MAX_PRIORITY:
+                raise ControlError(
+                    errno.EINVAL, f"priority {params.priority} is over {MAX_PRIORITY}"
+                )
+            return params.priority
+        if params.algo is not None and params.algo != self.algorithm:
+            for prio in sorted(self.recomp):
+                if self.recomp[prio] == params.algo:
+                    return prio
+        return 0
 
     def _store_mem_limit(self, text: str) -> None:
         value, used = _memparse(text)
@@ -392,12 +563,254 @@ class ZramDevice:
             age = float(_kstrtoul(text))
         self._require_initialised("idle").mark_idle(age)
 
+    # -- the writeback and recompression tier --------------------------------------------
+
+    def _writeback_limit(self) -> int:
+        return self.store.writeback_limit if self.store is not None else self._wb_limit
+
+    def _show_bd_stat(self) -> str:
+        s = self.store.statistics() if self.store is not None else None
+        if s is None:
+            return "%8d %8d %8d\n" % (0, 0, 0)
+        return "%8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes)
+
+    def _show_recomp_algorithm(self) -> str:
+        lines = []
+        for prio in sorted(self.recomp):
+            chosen = self.recomp[prio]
+            names = (f"[{a}]" if a == chosen else a for a in ALGORITHMS)
+            lines.append(f"#{prio}: " + " ".join(names) + " \n")
+        return "".join(lines)
+
+    def _store_backing_dev(self, text: str) -> None:
+        # backing_dev_store(): EBUSY once initialised, then the open's own errno. The mount
+        # opens the file on a worker thread instead (prepare_backing_dev, set_backing).
+        self._require_uninitialised("backing_dev")
+        if self._open_backing is None:
+            raise ControlError(errno.EOPNOTSUPP, "this zramfs has no backing-store support")
+        try:
+            backing = self._open_backing(text)
+        except OSError as exc:
+            raise ControlError(exc.errno or errno.EINVAL, f"backing_dev {text!r}: {exc}") from None
+        self.set_backing(backing)
+
+    def prepare_backing_dev(self, data: bytes) -> str:
+        """Check a backing_dev write as far as it can be without opening the path (EBUSY
+        once initialised) and return the path (a trailing newline dropped)."""
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        self._require_uninitialised("backing_dev")
+        return _text(data)
+
+    def set_backing(self, backing: BackingStore) -> None:
+        """Take an opened backing store (closing the one before, as reset_bdev does); EBUSY
+        and ``backing`` closed if the device was initialised meanwhile."""
+        if self.store is not None or self.removed:
+            backing.close()
+            raise ControlError(errno.EBUSY, f"backing_dev: {self.name} is initialised")
+        old, self.backing = self.backing, backing
+        if old is not None:
+            old.close()
+
+    def parse_writeback(self, data: bytes) -> WritebackRequest:
+        """Validate a write to `writeback` as writeback_store() does, before anything
+        moves: EINVAL if not initialised, ENODEV without a backing store, then the
+        arguments (EINVAL for a bad mode or number, ERANGE for an index out of range)."""
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        store = self._require_initialised("writeback")
+        if self.backing is None:
+            raise ControlError(errno.ENODEV, f"{self.name} has no backing_dev")
+        nr_pages = store.disksize // PAGE_SIZE
+        lo, hi, mode = 0, nr_pages, 0
+        scans: list[tuple[int, int, int]] = []
+        for param, val in _args(_raw_text(data)):
+            if not val:  # the legacy form: a bare mode
+                scans.append((_writeback_mode(param), lo, hi))
+                break
+            if param == "type":
+                mode = _writeback_mode(val)
+                scans.append((mode, lo, hi))
+                break
+            if param == "page_index":
+                lo = _kstrtoul(val)
+                if lo >= nr_pages:
+                    raise ControlError(errno.ERANGE, f"page_index {lo} is past the device")
+                hi = lo + 1
+                scans.append((mode, lo, hi))
+            elif param == "page_indexes":
+                first, sep, last = val.partition("-")
+                if not sep:
+                    raise ControlError(errno.EINVAL, f"page_indexes {val!r}: not LO-HI")
+                lo = _kstrtoul(first)
+                if lo >= nr_pages:
+                    raise ControlError(errno.ERANGE, f"page_indexes: {lo} is past the device")
+                end = _kstrtoul(last)
+                if end >= nr_pages or lo > end:
+                    raise ControlError(errno.ERANGE, f"page_indexes {val!r}: bad range")
+                hi = end + 1
+                scans.append((mode, lo, hi))
+            # other keys are ignored, as by the kernel
+        return WritebackRequest(tuple(scans))
+
+    def _store_writeback(self, text: str) -> None:
+        # The shell runs writebacks (their I/O is on worker threads): parse_writeback and
+        # zramfs.tier. Reaching this means a caller without the shell.
+        self.parse_writeback(text.encode())
+        raise ControlError(errno.EOPNOTSUPP, "writeback needs the zramfs shell")
+
+    def _store_writeback_limit_enable(self, text: str) -> None:
+        value = _kstrtoull(text)
+        self.writeback_limit_enable = bool(value)
+        if self.store is not None:
+            self.store.writeback_limit_enable = bool(value)
+
+    def _store_writeback_limit(self, text: str) -> None:
+        value = _kstrtoull(text)
+        self._wb_limit = value
+        if self.store is not None:
+            self.store.writeback_limit = value
+
+    def _store_recomp_algorithm(self, text: str) -> None:
+        # recomp_algorithm_store(): key=value pairs, algo= required, priority 1..3, then
+        # the algorithm must exist (EINVAL) and the device be uninitialised (EBUSY).
+        prio = 1
+        algo = None
+        for param, val in _args(text):
+            if not val:
+                raise ControlError(errno.EINVAL, f"recomp_algorithm: {param} needs a value")
+            if param == "algo":
+                algo = val
+            elif param == "priority":
+                prio = _kstrtoint(val)
+        if algo is None:
+            raise ControlError(errno.EINVAL, "recomp_algorithm needs algo=NAME")
+        if not 1 <= prio <= MAX_PRIORITY:
+            raise ControlError(errno.EINVAL, f"recompression priorities are 1..{MAX_PRIORITY}")
+        if algo not in ALGORITHMS:
+            raise ControlError(errno.EINVAL, f"unknown algorithm {algo!r}")
+        self._require_uninitialised("recomp_algorithm")
+        self.recomp[prio] = algo
+
+    def _recomp_codec(self, prio: int) -> Codec:
+        algorithm = self.recomp[prio]
+        p = self.recomp_params.get(prio)
+        try:
+            if p is None or (p.algo is not None and p.algo != algorithm):
+                return make_codec(algorithm)
+            return make_codec(
+                algorithm,
+                level=p.level,
+                dict_path=p.dict_path,
+                dictionary=self.recomp_dictionaries.get(prio),
+            )
+        except CodecError as exc:
+            raise ControlError(errno.EINVAL, str(exc)) from None
+
+    def parse_recompress(self, data: bytes) -> RecompressRequest:
+        """Validate a write to `recompress` as recompress_store() does (the shell runs it
+        in batches)."""
+        if self.removed:
+            raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        mode = threshold = 0
+        max_pages: int | None = None
+        prio = 1
+        prio_max = MAX_PRIORITY + 1
+        algo = None
+        for param, val in _args(_raw_text(data)):
+            if not val:
+                raise ControlError(errno.EINVAL, f"recompress: {param} needs a value")
+            if param == "type":
+                modes = {"idle": WB_IDLE, "huge": WB_HUGE, "huge_idle": WB_IDLE | WB_HUGE}
+                if val not in modes:
+                    raise ControlError(errno.EINVAL, f"recompress: unknown type {val!r}")
+                mode = modes[val]
+            elif param == "max_pages":
+                max_pages = _kstrtoull(val)
+            elif param == "threshold":
+                threshold = _kstrtoull(val)
+                if threshold >= 1 << 32:
+                    raise ControlError(errno.ERANGE, f"threshold {val!r} is out of range")
+            elif param == "algo":
+                algo = val
+            elif param == "priority":
+                prio = _kstrtoull(val)
+                if prio >= 1 << 32:
+                    raise ControlError(errno.ERANGE, f"priority {val!r} is out of range")
+                prio = max(prio, 1)  # 0 is the primary: start at the first secondary
+                prio_max = prio + 1
+        if threshold >= HUGE_CLASS_SIZE:
+            raise ControlError(errno.EINVAL, f"threshold {threshold} is not below the huge size")
+        store = self._require_initialised("recompress")
+        if algo is not None:
+            found = [p for p in range(prio, MAX_PRIORITY + 1) if self.recomp.get(p) == algo]
+            if not found:
+                raise ControlError(errno.EINVAL, f"recompress: no priority uses {algo!r}")
+            prio_max = found[0] + 1
+        active = max(store.recompression_priorities, default=0) + 1
+        prio_max = min(prio_max, active)
+        if prio >= prio_max:
+            raise ControlError(errno.EINVAL, "recompress: no recompression algorithm to use")
+        return RecompressRequest(
+            mode, threshold, 0 if max_pages == 0 else max_pages, prio, prio_max
+        )
+
+    def _store_recompress(self, text: str) -> None:
+        # The shell runs recompressions in batches (zramfs.tier); validate and refuse here.
+        self.parse_recompress(text.encode())
+        raise ControlError(errno.EOPNOTSUPP, "recompress needs the zramfs shell")
+
+    def _store_auto_writeback(self, text: str) -> None:
+        value = _kstrtoul(text)
+        if value > 100:
+            raise ControlError(errno.EINVAL, "auto_writeback is a percentage (0-100)")
+        self._auto_writeback = value
+
+    def _store_auto_compact(self, text: str) -> None:
+        value = _kstrtoul(text)
+        if value > 100:
+            raise ControlError(errno.EINVAL, "auto_compact is a percentage (0-100)")
+        self.auto_compact = value
+
+    def _store_seconds(self, attr: str, text: str) -> None:
+        value = _kstrtoul(text)
+        if value >= 1 << 32:
+            raise ControlError(errno.ERANGE, f"{attr}: {value} seconds is too long")
+        setattr(self, attr, value)
+
+
+def _args(text: str) -> list[tuple[str, str | None]]:
+    """Split ``key=value`` words as the kernel's next_arg: a word without '=' has no value."""
+    out: list[tuple[str, str | None]] = []
+    for word in text.split():
+        key, sep, val = word.partition("=")
+        out.append((key, val.strip('"') if sep else None))
+    return out
+
+
+def _writeback_mode(name: str) -> int:
+    modes = {
+        "idle": WB_IDLE,
+        "huge": WB_HUGE,
+        "huge_idle": WB_IDLE | WB_HUGE,
+        "incompressible": WB_INCOMPRESSIBLE,
+    }
+    if name not in modes:
+        raise ControlError(errno.EINVAL, f"writeback: unknown mode {name!r}")
+    return modes[name]
+
+
+def _kstrtoull(text: str) -> int:
+    """kstrtoull(buf, 10): as _kstrtoul (64 bits)."""
+    return _kstrtoul(text)
+
 
 class DeviceTable:
     """The set of devices, as /sys/class/zram-control manages them."""
 
-    def __init__(self) -> None:
+    def __init__(self, open_backing: OpenBacking | None = None) -> None:
         self._devices: dict[int, ZramDevice] = {}
+        self._open_backing = open_backing  # how backing_dev opens a path (None: refused)
 
     def __iter__(self) -> Iterator[ZramDevice]:
         return iter(sorted(self._devices.values(), key=lambda d: d.dev_id))
@@ -413,7 +826,7 @@ class DeviceTable:
         dev_id = 0
         while dev_id in self._devices:
             dev_id += 1
-        device = self._devices[dev_id] = ZramDevice(dev_id)
+        device = self._devices[dev_id] = ZramDevice(dev_id, self._open_backing)
         return device
 
     def hot_remove(self, data: bytes) -> ZramDevice:

@@ -29,11 +29,13 @@ from typing import Any, NamedTuple, TypeVar, cast
 import pyfuse3
 import trio
 
+from .backing import open_backing
 from .device import ControlError, DeviceTable, ZramDevice
-from .dictionary import read_dictionary
+from .dictionary import read_dictionary, zramfs_devices
 from .fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
-from .pagestore import PAGE_SIZE, MemLimitExceeded, OutOfRange, PageCorrupt
+from .pagestore import PAGE_SIZE, BackingReadError, MemLimitExceeded, OutOfRange, PageCorrupt
 from .report import render_metrics, render_stats
+from .tier import TierService
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,9 @@ def errno_of(exc: BaseException, where: str) -> int:
     """The errno a core exception answers with; unexpected ones are logged and EIO."""
     if isinstance(exc, MemLimitExceeded):
         return errno.EIO  # the block layer sees a failed write, as with the kernel's zram
+    if isinstance(exc, BackingReadError):
+        log.debug("%s: %s", where, exc)  # counted in failed_reads; the daemon keeps serving
+        return errno.EIO
     if isinstance(exc, PageCorrupt):
         log.warning("%s: %s", where, exc)  # data damage: worth a line, not a traceback
         return errno.EIO
@@ -151,6 +156,9 @@ class ZramOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._limiter = trio.CapacityLimiter(threads)
+        # The writeback tier: backing I/O, automatic writeback, policy, compaction. The
+        # daemon runs self.tier.run() in its nursery.
+        self.tier = TierService(table, io_threads=threads)
         self._mount_ns = time.time_ns()
         # Device ids are reused after hot_remove; the generation tells the kernel
         # that an inode number now names another object.
@@ -362,6 +370,8 @@ class ZramOperations(pyfuse3.Operations):
                 return b""
             if off + size > disksize:
                 size = disksize - off
+            if store.bd_count:  # pages on the backing store are read on a worker thread
+                return await self.tier.read(device, store, off, size)
             if size < THREAD_THRESHOLD or not store.codec.slow_decompress:
                 return store.read(off, size)
             pending = store.fetch(off, size)
@@ -380,8 +390,17 @@ class ZramOperations(pyfuse3.Operations):
         try:
             f = self._file(fh)
             if f.name != IMAGE:
-                if f.name == "algorithm_params" and f.device is not None:
-                    return await self._write_algorithm_params(f.device, buf)
+                if f.device is not None:
+                    if f.name == "algorithm_params":
+                        return await self._write_algorithm_params(f.device, buf)
+                    if f.name == "backing_dev":
+                        return await self._write_backing_dev(f.device, buf)
+                    if f.name == "writeback":
+                        await self.tier.writeback_request(f.device, buf)
+                        return len(buf)
+                    if f.name == "recompress":
+                        await self.tier.recompress_request(f.device, buf)
+                        return len(buf)
                 return self._write_control(f, buf)
             device = f.device
             assert device is not None
@@ -392,16 +411,24 @@ class ZramOperations(pyfuse3.Operations):
             data: bytes | memoryview = buf
             if off + len(buf) > disksize:
                 data = memoryview(buf)[: disksize - off]
-            if len(data) < THREAD_THRESHOLD or not store.codec.slow_compress:
-                store.write(off, data)
-            else:
-                prepared = await trio.to_thread.run_sync(
-                    store.prepare_write, off, data, limiter=self._limiter
-                )
-                # The store cannot have been replaced during the await: reset and
-                # hot_remove answer EBUSY while this image is open, and it is (fh).
-                # commit_write runs with no await, so it is atomic among requests.
-                store.commit_write(prepared)
+            try:
+                if len(data) < THREAD_THRESHOLD or not store.codec.slow_compress:
+                    store.write(off, data)
+                else:
+                    prepared = await trio.to_thread.run_sync(
+                        store.prepare_write, off, data, limiter=self._limiter
+                    )
+                    # The store cannot have been replaced during the await: reset and
+                    # hot_remove answer EBUSY while this image is open, and it is (fh).
+                    # commit_write runs with no await, so it is atomic among requests.
+                    store.commit_write(prepared)
+            except MemLimitExceeded as exc:
+                if not self.tier.can_make_room(device):
+                    raise  # no backing store with room: EIO at once, as the kernel
+                # Automatic writeback can make room: wait for it (bounded) and go on.
+                store.forgive_write_failure()
+                rest = memoryview(data)[exc.written :]
+                await self.tier.write_waiting(device, store, off + exc.written, rest)
             return len(data)
         except pyfuse3.FUSEError:
             raise
@@ -424,6 +451,24 @@ class ZramOperations(pyfuse3.Operations):
         # Queued to pyfuse3's notify thread: a request handler must not wait for it. ENOENT
         # means the kernel had no dentry cached, so there was nothing to invalidate.
         pyfuse3.invalidate_entry_async(ROOT_INODE, os.fsencode(name), ignore_enoent=True)
+
+    async def _write_backing_dev(self, device: ZramDevice, buf: bytes) -> int:
+        """backing_dev: the path is opened (O_DIRECT) on a worker thread with a timeout, and
+        refused on a zramfs mount, so no path can stall the event loop or loop back."""
+        path = device.prepare_backing_dev(buf)
+        backing = None
+        with trio.move_on_after(DICTIONARY_TIMEOUT_S):
+            try:
+                backing = await trio.to_thread.run_sync(
+                    lambda: open_backing(path, zramfs_devices()), abandon_on_cancel=True
+                )
+            except OSError as exc:
+                log.info("%s/backing_dev: %s", device.name, exc)
+                raise ControlError(exc.errno or errno.EINVAL, str(exc)) from None
+        if backing is None:
+            raise pyfuse3.FUSEError(errno.ETIMEDOUT)
+        device.set_backing(backing)  # no await since: checked against the device as it is
+        return len(buf)
 
     async def _write_algorithm_params(self, device: ZramDevice, buf: bytes) -> int:
         """algorithm_params: a dict= file is read on a worker thread with a timeout, and only

@@ -243,7 +243,7 @@ class WritebackBatch:
     was when the batch began; ``stopped`` is the errno that cut the batch short (EIO: the
     writeback_limit budget is used up; ENOSPC: the backing store is full), else 0."""
 
-    __slots__ = ("indices", "handles", "blocks", "data", "stopped")
+    __slots__ = ("indices", "handles", "blocks", "data", "stopped", "consumed")
 
     def __init__(self) -> None:
         self.indices: list[int] = []
@@ -251,6 +251,7 @@ class WritebackBatch:
         self.blocks: list[int] = []
         self.data: list[bytes] = []
         self.stopped = 0
+        self.consumed = 0  # how many of the given indices were looked at
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -354,6 +355,28 @@ class PageStore:
         """statistics().mem_used_total in O(1), for getattr and statfs, which would
         otherwise walk every zspage for the pool's per-class figures."""
         return self._pool.total_pages << _PAGE_SHIFT
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def compr_data_size(self) -> int:
+        return self._compr
+
+    @property
+    def pool_pages_stored(self) -> int:
+        """Pages whose data is a pool object (neither same-filled nor written back)."""
+        return self._stored - self._same - self._bd_count
+
+    def pool_statistics(self) -> PoolStatistics:
+        """The pool's figures alone (O(classes)), for the automatic compaction check."""
+        return self._pool.statistics()
+
+    def forgive_write_failure(self) -> None:
+        """Take back one failed_writes count: the shell retries the refused write once
+        automatic writeback has made room, so it has not failed (yet)."""
+        self._failed_writes -= 1
 
     @property
     def bd_count(self) -> int:
@@ -892,12 +915,13 @@ class PageStore:
                 np.frombuffer(chunk.vals, dtype=np.uint64),
             )
 
-    def _object_sizes(self, indices: list[int]) -> list[int]:
-        out = []
-        for index in indices:
-            chunk = self._chunks[index >> _CHUNK_SHIFT]
-            out.append(self._pool.size_of(chunk.vals[index & _CHUNK_MASK]))
-        return out
+    def largest_first(self, indices: list[int]) -> list[int]:
+        """``indices`` (pool-object pages) ordered by object size, largest first, as the
+        kernel's post-processing buckets pick them (ties: lower index first)."""
+        chunks = self._chunks
+        size_of = self._pool.size_of
+        sizes = {i: size_of(chunks[i >> _CHUNK_SHIFT].vals[i & _CHUNK_MASK]) for i in set(indices)}
+        return sorted(sizes, key=lambda i: (-sizes[i], i))
 
     def select_writeback(self, mode: int, lo: int = 0, hi: int | None = None) -> list[int]:
         """The pages the kernel's writeback would take among [lo, hi), largest objects
@@ -922,9 +946,7 @@ class PageStore:
             idx = np.flatnonzero(hit) + base
             found += idx[(idx >= lo) & (idx < hi)].tolist()
             del flags, _atime, _vals
-        sizes = self._object_sizes(found)
-        order = sorted(range(len(found)), key=lambda k: -sizes[k])
-        return [found[k] for k in order]
+        return self.largest_first(found)
 
     def cold_pages(self, count: int, min_age_s: float = 0.0, skip: int = 0) -> list[int]:
         """Up to ``count`` pages a writeback may take, coldest first (oldest access), not
@@ -961,6 +983,7 @@ class PageStore:
         for index in indices:
             if max_pages is not None and len(batch) >= max_pages:
                 break
+            batch.consumed += 1
             chunk = chunks.get(index >> _CHUNK_SHIFT)
             if chunk is None:
                 continue
@@ -970,10 +993,12 @@ class PageStore:
                 continue
             if budget == len(batch):
                 batch.stopped = errno.EIO
+                batch.consumed -= 1
                 break
             block = bm.alloc()
             if block < 0:
                 batch.stopped = errno.ENOSPC
+                batch.consumed -= 1
                 break
             h = chunk.vals[j]
             chunk.flags[j] = f | FLAG_PP
@@ -1047,25 +1072,30 @@ class PageStore:
             found += (np.flatnonzero((flags & mask) == need) + base).tolist()
             del flags, _atime, _vals
         prio = self._prio
-        found = [i for i in found if prio.get(i, 0) + 1 < prio_max]
-        sizes = self._object_sizes(found)
-        order = sorted(range(len(found)), key=lambda k: -sizes[k])
-        return [found[k] for k in order]
+        return self.largest_first([i for i in found if prio.get(i, 0) + 1 < prio_max])
 
     def recompress(
-        self, indices: list[int], prio: int, prio_max: int, threshold: int = 0
+        self,
+        indices: list[int],
+        prio: int,
+        prio_max: int,
+        threshold: int = 0,
+        max_pages: int | None = None,
     ) -> tuple[int, int]:
         """Recompress ``indices`` with the secondary algorithms of priorities prio ..
         prio_max - 1 (each page starting above the priority it already has), as the
         kernel's recompress_slot: objects smaller than ``threshold`` are skipped; a page is
         replaced only by an object in a smaller size class (and under ``threshold`` if
         set), else, if the last algorithm was tried, flagged incompressible. Returns
-        (pages tried, pages replaced); a tried page counts against max_pages."""
+        (pages tried, pages replaced); a tried page counts against ``max_pages``, and the
+        call stops when that many were tried."""
         tried = replaced = 0
         chunks = self._chunks
         pool = self._pool
         active = max(self._recomp, default=0) + 1
         for index in indices:
+            if max_pages is not None and tried >= max_pages:
+                break
             chunk = chunks.get(index >> _CHUNK_SHIFT)
             if chunk is None:
                 continue

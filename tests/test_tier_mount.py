@@ -1,0 +1,133 @@
+"""The writeback tier on a real mount, happy paths: a sparse backing file, writeback and
+read-back, discard punching holes, recompression, automatic writeback at mem_limit.
+(tests/test_mount_tier*.py hold the exhaustive control-file tests.)"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from pathlib import Path
+
+from conftest import PAGE, MiB, ZramfsFactory, punch_hole, text_bytes
+
+
+def backing_file(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "backing.img"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def bd_stat(m: object, n: int = 0) -> tuple[int, int, int]:
+    fields = m.read("bd_stat", n).split()  # type: ignore[attr-defined]
+    assert len(fields) == 3
+    a, b, c = (int(x) for x in fields)
+    return a, b, c
+
+
+def allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_writeback_reads_back_and_discard_punches_holes(
+    zramfs: ZramfsFactory, tmp_path: Path
+) -> None:
+    back = backing_file(tmp_path, 64 * MiB)
+    m = zramfs(size="0")
+    assert m.read("backing_dev") == "none\n"
+    m.set("backing_dev", str(back))
+    m.set("disksize", "32M")
+    assert m.read("backing_dev") == f"{back}\n"
+    assert m.write("backing_dev", str(back)) == errno.EBUSY
+    rng = random.Random(5)
+    noise = rng.randbytes(2 * MiB)  # huge pages
+    text = text_bytes(2 * MiB, seed=3)
+    m.pwrite(noise, 0)
+    m.pwrite(text, 4 * MiB)
+    before = m.mm_stat()
+    m.set("writeback", "huge")
+    count, reads, writes = bd_stat(m)
+    assert count == writes == 2 * MiB // PAGE and reads == 0
+    after = m.mm_stat()
+    assert after.huge_pages == 0 and after.mem_used_total < before.mem_used_total - MiB
+    assert after.orig_data_size == before.orig_data_size
+    assert allocated(back) >= 2 * MiB
+    assert m.pread(2 * MiB, 0) == noise
+    assert bd_stat(m)[1] >= 2 * MiB // PAGE
+    # Everything else, page by page, with page_indexes.
+    m.set("writeback", f"page_indexes={4 * MiB // PAGE}-{6 * MiB // PAGE - 1}")
+    assert bd_stat(m)[0] == 4 * MiB // PAGE
+    assert m.pread(2 * MiB, 4 * MiB) == text
+    # Overwrite part of a written-back range: the new data wins and the block is freed.
+    m.pwrite(b"x" * PAGE * 3 + b"y" * 100, 4 * MiB + 10)
+    expect = bytearray(text)
+    expect[10 : 10 + 3 * PAGE + 100] = b"x" * PAGE * 3 + b"y" * 100
+    assert m.pread(2 * MiB, 4 * MiB) == bytes(expect)
+    # Discard gives the blocks back and punches the file's holes (the daemon does it in
+    # the background, within a moment).
+    punch_hole(m.image(), [(0, 2 * MiB)])
+    deadline = time.monotonic() + 10
+    while allocated(back) > 2 * MiB + 256 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert allocated(back) <= 2 * MiB + 256 * 1024
+    assert m.pread(2 * MiB, 0) == bytes(2 * MiB)
+    assert bd_stat(m)[0] < 3 * MiB // PAGE
+    assert m.io_stat().failed_reads == 0
+
+
+def test_writeback_idle_and_limit(zramfs: ZramfsFactory, tmp_path: Path) -> None:
+    back = backing_file(tmp_path, 16 * MiB)
+    m = zramfs(size="0")
+    m.set("backing_dev", str(back))
+    m.set("disksize", "16M")
+    data = text_bytes(MiB, seed=9)
+    m.pwrite(data, 0)
+    m.set("writeback_limit_enable", "1")
+    m.set("writeback_limit", "10")
+    m.set("idle", "all")
+    assert m.write("writeback", "idle") == errno.EIO  # the budget of 10 pages ran out
+    assert bd_stat(m)[0] == 10 and m.read("writeback_limit") == "0\n"
+    m.set("writeback_limit_enable", "0")
+    m.set("writeback", "type=idle")
+    assert bd_stat(m)[0] == MiB // PAGE
+    assert m.pread(MiB, 0) == data
+    assert m.write("writeback", "bogus") == errno.EINVAL
+    assert m.write("writeback", "page_index=99999999") == errno.ERANGE
+
+
+def test_recompress_with_zstd(zramfs: ZramfsFactory) -> None:
+    m = zramfs(size="0")
+    m.set("recomp_algorithm", "algo=zstd priority=1")
+    assert "#1: " in m.read("recomp_algorithm") and "[zstd]" in m.read("recomp_algorithm")
+    m.set("disksize", "32M")
+    data = text_bytes(4 * MiB, seed=4)
+    m.pwrite(data, 0)
+    before = m.mm_stat()
+    m.set("recompress", "type=huge")  # none are huge: nothing changes
+    assert m.mm_stat() == before
+    m.set("recompress", "max_pages=100000")
+    after = m.mm_stat()
+    assert after.compr_data_size < before.compr_data_size
+    assert m.pread(4 * MiB, 0) == data
+    assert "recompressed" in m.read("stats")
+
+
+def test_auto_writeback_keeps_writes_going_past_mem_limit(
+    zramfs: ZramfsFactory, tmp_path: Path
+) -> None:
+    back = backing_file(tmp_path, 64 * MiB)
+    m = zramfs(size="0")
+    m.set("backing_dev", str(back))
+    m.set("mem_limit", "4M")
+    assert m.read("auto_writeback") == "90\n"
+    m.set("disksize", "32M")
+    rng = random.Random(11)
+    data = rng.randbytes(12 * MiB)  # three times the limit, incompressible
+    m.pwrite(data, 0)
+    s = m.mm_stat()
+    assert s.mem_used_total <= 4 * MiB
+    assert bd_stat(m)[0] >= 8 * MiB // PAGE
+    assert m.io_stat().failed_writes == 0
+    assert m.pread(12 * MiB, 0) == data

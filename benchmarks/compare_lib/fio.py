@@ -55,7 +55,10 @@ PREFILL = FioJob("prefill", "prefill 1 MiB QD8", "write", "1M", 8, False)
 
 @dataclass(frozen=True)
 class FioResult:
-    """Bandwidth over both directions, IOPS, and the p99 completion latency per direction."""
+    """Bandwidth over both directions, IOPS, the p99 completion latency per direction
+    (fio's clat), and the p50 and p99 total latency per direction (fio's lat: submission
+    plus completion, which is what a waiting page fault sees: the kernel's zram does its
+    work inside the submission, so its clat alone is near zero)."""
 
     mib_s: float
     iops: float
@@ -64,6 +67,10 @@ class FioResult:
     write_mib_s: float
     read_p99_us: float | None
     write_p99_us: float | None
+    read_p50_us: float | None = None
+    write_p50_us: float | None = None
+    read_lat_p99_us: float | None = None
+    write_lat_p99_us: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,6 +82,7 @@ def fio_command(job: FioJob, device: str, size: int, runtime: float, offset: int
         "fio", f"--name={job.name}", f"--filename={device}", "--ioengine=libaio",
         "--direct=1", f"--rw={job.rw}", f"--bs={job.bs}", f"--iodepth={job.iodepth}",
         f"--size={size}", f"--offset={offset}", "--output-format=json", *COMPRESSIBLE,
+        "--lat_percentiles=1",
     ]
     if job.time_based:
         cmd += ["--time_based", f"--runtime={runtime:g}s", "--norandommap"]
@@ -85,10 +93,14 @@ def fio_command(job: FioJob, device: str, size: int, runtime: float, offset: int
     return cmd
 
 
-def _p99_us(side: dict[str, Any]) -> float | None:
-    pct = side.get("clat_ns", {}).get("percentile", {})
-    value = pct.get("99.000000")
+def _pct_us(side: dict[str, Any], which: str, kind: str = "clat_ns") -> float | None:
+    pct = side.get(kind, {}).get("percentile", {})
+    value = pct.get(which)
     return None if value is None else value / 1000.0
+
+
+def _p99_us(side: dict[str, Any]) -> float | None:
+    return _pct_us(side, "99.000000")
 
 
 def run_fio(job: FioJob, device: str, size: int, runtime: float, offset: int = 0,
@@ -119,4 +131,8 @@ def run_fio(job: FioJob, device: str, size: int, runtime: float, offset: int = 0
         write_mib_s=wr["bw_bytes"] / MiB,
         read_p99_us=_p99_us(rd) if rd["io_bytes"] else None,
         write_p99_us=_p99_us(wr) if wr["io_bytes"] else None,
+        read_p50_us=_pct_us(rd, "50.000000", "lat_ns") if rd["io_bytes"] else None,
+        write_p50_us=_pct_us(wr, "50.000000", "lat_ns") if wr["io_bytes"] else None,
+        read_lat_p99_us=_pct_us(rd, "99.000000", "lat_ns") if rd["io_bytes"] else None,
+        write_lat_p99_us=_pct_us(wr, "99.000000", "lat_ns") if wr["io_bytes"] else None,
     )

@@ -40,7 +40,7 @@ from .system import (
 
 BENCH_DIR = REPO / "benchmarks"
 OTHER_JOBS = ("kernel-tree", "scaling", "rss")
-QUICK_JOBS = ("seqwrite", "seqread", "randread-qd16")
+QUICK_JOBS = ("seqwrite", "seqread", "randread-qd1", "randread-qd16")
 MEMORY_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total")
 
 
@@ -174,6 +174,13 @@ def fio_phase(s: Settings, results: Results, status: dict[str, Status]) -> None:
     if not jobs:
         return
     rows = {j.name: results.row(f"fio/{j.name}", j.title, "MiB/s", "higher") for j in jobs}
+    # How long one request waits at queue depth 1 (a page fault on swap, for reads): fio's
+    # total-latency percentiles (submission + completion), side by side.
+    for j in jobs:
+        if j.iodepth == 1 and j.rw in ("randread", "randwrite"):
+            for pct in ("p50", "p99"):
+                rows[f"{j.name}/{pct}"] = results.row(
+                    f"fio/{j.name}/{pct}", f"{j.title}: {pct} latency", "us", "lower")
     mem_row = results.row("fio/memory", f"{format_size(s.size)} fio data: mem_used_total",
                           "MiB", "lower")
     need_data = any(j.reads or j.time_based for j in jobs)
@@ -218,10 +225,18 @@ def _fio_one(s: Settings, job: FioJob, name: str, dev: Device, rep: int, results
         status[name].errors.setdefault(f"fio/{job.name}", str(exc))
         if job.name in rows:
             results.set_error(rows[job.name], name, str(exc))
+        for pct in ("p50", "p99"):
+            if f"{job.name}/{pct}" in rows:
+                results.set_error(rows[f"{job.name}/{pct}"], name, str(exc))
         return
     log(f"{label} {r.mib_s:9.1f} MiB/s {r.iops:10.0f} IOPS")
     if job.name in rows:
         results.add_sample(rows[job.name], name, r.mib_s, r.as_dict())
+    side = "read" if job.rw == "randread" else "write"
+    for pct, attr in (("p50", "p50_us"), ("p99", "lat_p99_us")):
+        value = getattr(r, f"{side}_{attr}")
+        if f"{job.name}/{pct}" in rows and value is not None:
+            results.add_sample(rows[f"{job.name}/{pct}"], name, value)
 
 
 def kernel_tree_phase(s: Settings, results: Results, status: dict[str, Status]) -> None:

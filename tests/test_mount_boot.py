@@ -591,3 +591,25 @@ def _drain(fd: int) -> bytes:
             break
         out += chunk
     return out
+
+
+def test_start_completes_a_partly_stopped_setup(boot: Resources, tmp_path: Path) -> None:
+    """Swap turned off and the filesystem unmounted by hand: start brings back just those,
+    without mkswap or mkfs (the data is still there); sparse ids keep their names."""
+    require("mkswap", "swapon", "swapoff", "mkfs.ext4", "blkid")
+    data = tmp_path / "data"
+    body = SWAP_AND_EXT4.format(data=data).replace("[zram0]", "[zram2]")
+    conf, mnt = write_config(tmp_path, body)
+    zramfs_cmd("start", "--config", conf)
+    assert sorted(p for p in os.listdir(mnt) if p.startswith("zram")) == ["zram1", "zram2"]
+    (data / "keep").write_text("still here")
+    holders = {img: dev for dev, img in images_holders(mnt).items()}
+    swap_dev = holders[f"{mnt}/zram2/image"]
+    run("swapoff", swap_dev)
+    run("umount", data)
+    res = zramfs_cmd("start", "--config", conf)
+    assert "mkswap" not in res.stdout and "mkfs" not in res.stdout, res.stdout
+    assert f"swapon {swap_dev}" in res.stdout and f"mount {data}" in res.stdout, res.stdout
+    assert swap_dev in active_swaps() and swap_priority(swap_dev) == 42
+    assert (data / "keep").read_text() == "still here"
+    zramfs_cmd("stop", "--config", conf)

@@ -1122,7 +1122,12 @@ class PageStore:
                 codec = self._recomp.get(p)
                 if codec is not None:
                     c = codec.compress(page)
-                    if size_class(len(c)) < old_class and not (threshold and len(c) >= threshold):
+                    n = len(c)
+                    if (
+                        n < PAGE_SIZE
+                        and size_class(n) < old_class
+                        and not (threshold and n >= threshold)
+                    ):
                         best = c
                         break
                 p += 1

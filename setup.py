@@ -1,10 +1,12 @@
-"""Build step for the two pieces of C in zramfs: the fallocate shim and the page codec.
+"""Build step for the two pieces of C in zramfs: the shim under zramfs/fusepatch.py and
+the page codec.
 
 pyfuse3 registers no fallocate handler, so without help the kernel's
 FALLOC_FL_PUNCH_HOLE (which the loop driver sends for discard) is answered
 EOPNOTSUPP and never reaches the daemon.  `_fallocate.c` is built as a plain
 shared library (it is loaded with ctypes, never imported) and adds the
-handler; see zramfs/fallocate.py.
+handler, parallel direct writes, a larger max_background and shared mmap of
+images; see zramfs/fusepatch.py.
 
 `_pagecodec.c` is a Python extension that compresses or decompresses a whole request's
 pages with the GIL released (system liblz4 and libzstd); see zramfs/codecs.py.

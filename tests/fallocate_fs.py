@@ -20,9 +20,9 @@ import stat
 import sys
 from typing import Any
 
-from zramfs import fallocate
+from zramfs import fusepatch
 
-fallocate.install()  # before pyfuse3 is imported
+fusepatch.install()  # before pyfuse3 is imported
 
 import pyfuse3  # noqa: E402
 import trio  # noqa: E402
@@ -39,7 +39,9 @@ class Fs(pyfuse3.Operations):
         self.data = bytearray(SIZE)
         self.log = open(log_path, "a", buffering=1)  # noqa: SIM115
 
-    def fallocate(self, ino: int, mode: int, offset: int, length: int, fh: int) -> int:
+    def fallocate(
+        self, ino: int, mode: int, offset: int, length: int, fh: int, reply: object = None
+    ) -> int:
         self.log.write(
             json.dumps({"ino": ino, "mode": mode, "offset": offset, "length": length, "fh": fh})
             + "\n"
@@ -48,7 +50,7 @@ class Fs(pyfuse3.Operations):
             raise RuntimeError("fallocate_fs: deliberate failure at FAIL_OFFSET")
         if ino != FILE_INO:
             return errno.EBADF
-        if mode & (fallocate.FALLOC_FL_PUNCH_HOLE | fallocate.FALLOC_FL_ZERO_RANGE):
+        if mode & (fusepatch.FALLOC_FL_PUNCH_HOLE | fusepatch.FALLOC_FL_ZERO_RANGE):
             end = min(offset + length, SIZE)
             if offset < end:
                 self.data[offset:end] = bytes(end - offset)
@@ -133,12 +135,12 @@ async def run(ready_path: str) -> None:
 def main() -> None:
     mountpoint, log_path = sys.argv[1], sys.argv[2]
     fs = Fs(log_path)
-    fallocate.set_handler(fs.fallocate)
+    fusepatch.set_fallocate_handler(fs.fallocate)
     options = set(pyfuse3.default_options)
     options.add("fsname=fallocate_fs")
     pyfuse3.init(fs, mountpoint, options)
     try:
-        if not fallocate.hooked():
+        if not fusepatch.hooked():
             sys.exit("fallocate_fs: pyfuse3's session was not created through the shim")
         trio.run(run, log_path + ".ready")
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from zramfs.fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from zramfs.fusepatch import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 
 HELPER = Path(__file__).with_name("fallocate_fs.py")
 SIZE = 64 * 1024 * 1024  # fallocate_fs.SIZE
@@ -236,24 +236,24 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_install_after_pyfuse3_is_refused() -> None:
-    res = _python("import pyfuse3\nfrom zramfs import fallocate\nfallocate.install()")
+    res = _python("import pyfuse3\nfrom zramfs import fusepatch\nfusepatch.install()")
     assert res.returncode != 0
     assert "RuntimeError" in res.stderr and "before pyfuse3 is imported" in res.stderr
 
 
 def test_set_handler_needs_install() -> None:
-    res = _python("from zramfs import fallocate\nfallocate.set_handler(lambda *a: 0)")
+    res = _python("from zramfs import fusepatch\nfusepatch.set_fallocate_handler(lambda *a: 0)")
     assert res.returncode != 0
     assert "RuntimeError" in res.stderr and "install()" in res.stderr
 
 
 def test_install_then_pyfuse3_is_accepted() -> None:
     code = (
-        "from zramfs import fallocate\n"
-        "fallocate.install(); fallocate.install()\n"
+        "from zramfs import fusepatch\n"
+        "fusepatch.install(); fusepatch.install()\n"
         "import pyfuse3\n"
-        "fallocate.set_handler(lambda *a: 0)\n"
-        "assert not fallocate.hooked()  # no session created yet\n"
+        "fusepatch.set_fallocate_handler(lambda *a: 0)\n"
+        "assert not fusepatch.hooked()  # no session created yet\n"
     )
     res = _python(code)
     assert res.returncode == 0, res.stderr

@@ -1,4 +1,4 @@
-"""fastloop: the trio proxy pyfuse3 runs on (lock semantics, readable shortcut)."""
+"""fusepatch's fastloop: the trio proxy pyfuse3 runs on (lock semantics, readable shortcut)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import os
 import pyfuse3
 import trio
 
-from zramfs import fastloop
+from zramfs import fusepatch
 
 
 def test_lock_excludes_and_wakes_waiters() -> None:
     inside: list[int] = []
     order: list[int] = []
 
-    async def worker(k: int, lock: fastloop._Lock) -> None:
+    async def worker(k: int, lock: fusepatch._Lock) -> None:
         async with lock:
             inside.append(k)
             assert len(inside) == 1
@@ -23,7 +23,7 @@ def test_lock_excludes_and_wakes_waiters() -> None:
             inside.remove(k)
 
     async def main() -> None:
-        lock = fastloop._Lock()
+        lock = fusepatch._Lock()
         async with trio.open_nursery() as nursery:
             for k in range(5):
                 nursery.start_soon(worker, k, lock)
@@ -33,7 +33,7 @@ def test_lock_excludes_and_wakes_waiters() -> None:
 
 
 def test_wait_readable_returns_for_data_and_waits_without() -> None:
-    low = fastloop._Lowlevel()
+    low = fusepatch._Lowlevel()
     r, w = os.pipe()
     try:
 
@@ -55,10 +55,10 @@ def test_wait_readable_returns_for_data_and_waits_without() -> None:
 def test_install_swaps_pyfuse3_trio_and_forwards() -> None:
     saved = pyfuse3.trio  # type: ignore[attr-defined]
     try:
-        fastloop.install()
-        assert fastloop.installed()
+        fusepatch.install_fastloop()
+        assert fusepatch.fastloop_installed()
         proxy = pyfuse3.trio  # type: ignore[attr-defined]
-        assert proxy.Lock is fastloop._Lock
+        assert proxy.Lock is fusepatch._Lock
         assert proxy.open_nursery is trio.open_nursery
         assert proxy.lowlevel.current_task is trio.lowlevel.current_task
         assert proxy.ClosedResourceError is trio.ClosedResourceError

@@ -3,7 +3,7 @@
 Each module is imported in a fresh interpreter (an import in this one would see whatever the
 other tests loaded) and sys.modules is checked afterwards. A core module that needs FUSE or the
 event loop has crossed the boundary the architecture draws (docs/ARCHITECTURE.md): only the
-shell (fs.py, daemon.py, fastloop.py, fallocate.py) may.
+shell (fs.py, daemon.py, fusepatch.py, dictionary.py) may.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import pytest
 import trio
 
 from zramfs.device import DeviceTable, ZramDevice
-from zramfs.fallocate import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from zramfs.fs import (
     DEVICE_FILES,
     FILE_MODES,
@@ -31,6 +30,7 @@ from zramfs.fs import (
     ROOT_INODE,
     ZramOperations,
 )
+from zramfs.fusepatch import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 
 PAGE = 4096
 MiB = 1 << 20

@@ -30,7 +30,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fallocate, zsmalloc
+from . import fusepatch, zsmalloc
 from .backing import FileBacking, open_backing
 from .device import DeviceTable
 from .dictionary import zramfs_devices
@@ -138,24 +138,30 @@ def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> No
     `ready` is called once the mount is live.  Raises on set-up failure, before
     `ready`, so the caller can report it.
     """
-    fallocate.install()  # must precede the first import of pyfuse3
+    fusepatch.install()  # must precede the first import of pyfuse3
     import pyfuse3
     import trio
 
-    from . import fastloop
     from .fs import ZramOperations, open_images
+
+    fusepatch.check_pyfuse3()  # refuse to mount if pyfuse3 is not what the patches expect
 
     table = build_table(config)  # validates size/algorithm before anything is mounted
     protect_from_oom_killer()  # also without lock_memory: losing the daemon loses the data
     if config.lock_memory:
         harden()
     ops = ZramOperations(table)
-    fallocate.set_handler(ops.fallocate)
+    fusepatch.set_fallocate_handler(ops.fallocate)
     options = {"fsname=zramfs", "subtype=zramfs", "default_permissions"}
     if config.allow_other:
         options.add("allow_other")
     pyfuse3.init(ops, mountpoint, options)
-    fastloop.install()  # a cheaper request hand-off in pyfuse3's loop (see fastloop.py)
+    fusepatch.install_fastloop()  # a cheaper request hand-off in pyfuse3's loop
+    try:
+        fusepatch.check_session()
+    except fusepatch.FusePatchError:
+        pyfuse3.close(unmount=True)
+        raise
     pidfile = pidfile_path(mountpoint)
     os.makedirs(RUN_DIR, exist_ok=True)
     with open(pidfile, "w") as f:
@@ -194,6 +200,7 @@ def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> No
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
             nursery.start_soon(ops.tier.run)  # backing store, auto writeback, policy, compaction
+            nursery.start_soon(ops.run_discards)
             ready()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()

@@ -3,30 +3,31 @@ accounting.
 
 The device is an array of 4 KiB pages behind a two-level page table: a dict maps a chunk
 number to a chunk of 512 slots, created on the first write into it and dropped when a
-discard empties it, so an unwritten device of any size costs nothing and a written page costs
-13 bytes of table (a uint64 handle or same-fill word, a uint8 flags byte, a uint32
+discard empties it, so an unwritten device of any size costs nothing and a written page
+costs 13 bytes of table (a uint64 handle or same-fill word, a uint8 flags byte, a uint32
 last-access second) in flat arrays, with no Python object per page. Writes compress whole
 pages; a page whose 8-byte words are all equal (zero included) stores only that word (SAME),
 and a page that compresses to zsmalloc.HUGE_CLASS_SIZE bytes or more is stored raw (HUGE),
 as drivers/block/zram/zram_drv.c does. Any byte offset and length work: partial pages are
 read-modify-written, unwritten pages read as zeros, and an I/O past the disk size raises
 OutOfRange before anything changes. mem_limit and the peak (mem_used_max) are kept here, as
-zram_write_page does: allocate, compare the pool's pages to the limit, free the new object
-and fail with MemLimitExceeded (ENOMEM) when it is over, leaving that page and the later ones
-of the call untouched. The counters are those of mm_stat, io_stat and bd_stat with the
-kernel's semantics. The writeback tier lives in the same table: a written-back page (WB)
-holds the number of its block on a backing store and the size of the object written there;
-which pages go is chosen here (select_writeback, cold_pages) and the move is two steps around
-the I/O, begin_writeback (snapshot the objects, allocate blocks, mark the slots PP) and
-end_writeback (switch a slot to WB only if it is still marked, so a page overwritten or
-discarded meanwhile keeps its newest data). Recompression with secondary algorithms
-(recompress) replaces an object only by a smaller one, else flags it incompressible. For the
-FUSE mount the work is split so that compression, decompression and backing I/O can run on
-worker threads (prepare_write, finish_read: CPU only, thread-safe, no state touched; fetch
-lists the blocks a read needs, fill_backing takes them) while the page table and the pool
-are only touched by one owner thread (commit_write, fetch, discard and the rest, which never
-block; the one exception is read_block, a callable the shell attaches for the rare
-read-modify-write of part of a written-back page).
+zram_write_page does (allocate, compare the pool's pages to the limit, free the new object
+and fail with MemLimitExceeded (ENOMEM) when it is over, leaving that page and the later
+ones of the call untouched), except that the pool says beforehand how many pages an
+allocation would add, so a refusal allocates and frees nothing. The counters are those of
+mm_stat, io_stat and bd_stat with the kernel's semantics. The writeback tier lives in the
+same table: a written-back page (WB) holds the number of its block on a backing store and
+the size of the object written there; which pages go is chosen here (select_writeback,
+cold_pages) and the move is two steps around the I/O, begin_writeback (snapshot the objects,
+allocate blocks, mark the slots PP) and end_writeback (switch a slot to WB only if it is
+still marked, so a page overwritten or discarded meanwhile keeps its newest data).
+Recompression with secondary algorithms (recompress) replaces an object only by a smaller
+one, else flags it incompressible. For the FUSE mount the work is split so that compression,
+decompression and backing I/O can run on worker threads (prepare_write, finish_read: CPU
+only, thread-safe, no state touched; fetch lists the blocks a read needs, fill_backing takes
+them) while the page table and the pool are only touched by one owner thread (commit_write,
+fetch, discard and the rest, which never block; the one exception is read_block, a callable
+the shell attaches for the rare read-modify-write of part of a written-back page).
 """
 
 from __future__ import annotations
@@ -605,12 +606,12 @@ class PageStore:
 
     def _put(self, first: int, payloads: list[int | bytes], now: int) -> int:
         """Store payloads for pages first, first+1, ...; return how many were stored (fewer
-        than given when the next allocation takes the pool over mem_limit: as in
-        zram_write_page the object is allocated, the pool's size compared with the limit
-        and the object freed again, so mem_used_max sees the transient page)."""
+        than given when the next allocation would take the pool over mem_limit: the
+        outcome of zram_write_page's allocate, compare with the limit, free, including
+        mem_used_max seeing the transient pages, from ZsPool.growth() without allocating)."""
         pool = self._pool
         store = pool.store
-        pfree = pool.free
+        growth = pool.growth
         release = self._release
         chunks = self._chunks
         limit = self._limit_pages
@@ -643,14 +644,23 @@ class PageStore:
                         nf = _FLAGS_STORED_SAME
                         d_same += 1
                     else:
+                        n = len(p)  # type: ignore[arg-type]
+                        if limit:
+                            grow = growth(n)
+                            if grow:
+                                # The kernel allocates, finds the pool over the limit and
+                                # frees again; the outcome (and mem_used_max seeing the
+                                # transient pages) is the same without the allocation, so
+                                # refusing costs no mmap, madvise or mlock call.
+                                used = pool.total_pages + grow
+                                if used > peak:
+                                    peak = used
+                                if used > limit:
+                                    break  # this page and the rest stay as they were
                         new = store(p)  # type: ignore[arg-type]
                         used = pool.total_pages
                         if used > peak:
                             peak = used
-                        if limit and used > limit:
-                            pfree(new)
-                            break  # over mem_limit: this page and the rest stay as they were
-                        n = len(p)  # type: ignore[arg-type]
                         d_compr += n
                         if n == PAGE_SIZE:
                             nf = _FLAGS_STORED_HUGE

@@ -310,6 +310,15 @@ class ZsPool:
         self._copy_in((zid << _OFF_BITS) | off, data, size)
         return h
 
+    def growth(self, size: int) -> int:
+        """The pages store() of a ``size``-byte object would add to total_pages: 0 when its
+        class has a free slot in an existing zspage, else the class's zspage length. O(1):
+        lets the page store refuse a write at mem_limit without allocating anything."""
+        c = _LUT[size]
+        if self._cls_used[c] < self._cls_zspages[c] * _COBJS[c]:
+            return 0
+        return _CPPZ[c]
+
     def read_many(self, handles: list[int]) -> list[bytes]:
         """read() of each handle, in order (one call for a batch: the fetch hot path)."""
         locs = self._loc

@@ -102,3 +102,27 @@ def test_metrics_render_without_a_mount() -> None:
     assert families["zramfs_failed_reads"].type == "counter"
     assert {s.labels["device"]: s.value for s in families["zramfs_initialised"].samples} == {
         "zram0": 1, "zram3": 0}
+
+
+def test_recompress_params_are_checked_and_remembered() -> None:
+    import errno
+
+    from zramfs.device import ControlError
+
+    d = ZramDevice(0)
+    with pytest.raises(ControlError) as info:  # not initialised yet, as `recompress`
+        d.write_attr("recompress_params", b"type=idle\n")
+    assert info.value.errno == errno.EINVAL
+    d.write_attr("recomp_algorithm", b"algo=zstd priority=1")
+    d.write_attr("disksize", b"1M")
+    d.write_attr("recompress_params", b"type=huge  threshold=1000\n")
+    assert d.read_attr("recompress_params") == b"type=huge threshold=1000\n"
+    for bad in (b"type=sometimes", b"threshold=99999", b"algo=lz4hc", b"colour=red"):
+        with pytest.raises(ControlError):
+            d.write_attr("recompress_params", bad)
+        assert d.read_attr("recompress_params") == b"type=huge threshold=1000\n"
+    d.write_attr("recompress_params", b"\n")
+    assert d.read_attr("recompress_params") == b"\n"
+    d.write_attr("recompress_params", b"type=idle")
+    d.write_attr("reset", b"1")
+    assert d.read_attr("recompress_params") == b"\n"

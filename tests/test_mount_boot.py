@@ -613,3 +613,35 @@ def test_start_completes_a_partly_stopped_setup(boot: Resources, tmp_path: Path)
     assert swap_dev in active_swaps() and swap_priority(swap_dev) == 42
     assert (data / "keep").read_text() == "still here"
     zramfs_cmd("stop", "--config", conf)
+
+
+def recompressed(mnt: Path, device: str) -> int:
+    for line in (mnt / "metrics").read_text().splitlines():
+        if line.startswith(f'zramfs_recompressed_pages{{device="{device}"}}'):
+            return int(float(line.split()[-1]))
+    raise AssertionError(f"no recompressed_pages for {device}")
+
+
+def test_recompression_conditions_steer_the_policy(boot: Resources, tmp_path: Path) -> None:
+    """compression-algorithm's conditions reach recompress_params, and the policy follows
+    them: with (type=huge) it leaves compressible pages alone, without it it does not."""
+    require("mkfs.ext4", "blkid")
+    common = ("zram-size = 64\ncompression-algorithm = lz4 zstd(level=3){cond}\n"
+              "recompress-after = 1\npolicy-interval = 1\nfs-type = ext4\n"
+              "mount-point = {where}\n")
+    body = ("[zram0]\n" + common.format(cond="", where=tmp_path / "a")
+            + "[zram1]\n" + common.format(cond=" (type=huge)", where=tmp_path / "b"))
+    conf, mnt = write_config(tmp_path, body)
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    if not (mnt / "zram0" / "recompress_params").exists() and res.returncode:
+        pytest.skip("this zramfs has no recompress_params")
+    assert res.returncode == 0, res.stderr
+    assert (mnt / "zram1" / "recompress_params").read_text() == "type=huge\n"
+    assert (mnt / "zram0" / "recompress_params").read_text() == "\n"
+    for where in ("a", "b"):
+        (tmp_path / where / "text").write_bytes(text_bytes(4 * MiB, seed=31))
+    os.sync()
+    assert wait_for(lambda: recompressed(mnt, "zram0") > 0, timeout=60)
+    time.sleep(2.5)  # two more policy passes for zram1 (a late pass only makes this weaker)
+    assert recompressed(mnt, "zram1") == 0
+    zramfs_cmd("stop", "--config", conf)

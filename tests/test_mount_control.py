@@ -356,6 +356,7 @@ EXPECTED_MODES = {
     "recompress_after": 0o644,
     "writeback_after": 0o644,
     "auto_compact": 0o644,
+    "recompress_params": 0o644,
 }
 
 

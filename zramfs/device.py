@@ -192,6 +192,8 @@ class ZramDevice:
         "recompress_after": 0o644,
         "writeback_after": 0o644,
         "auto_compact": 0o644,
+        # the background policy's recompression conditions, in `recompress`'s syntax
+        "recompress_params": 0o644,
     }
 
     def __init__(self, dev_id: int, open_backing: OpenBacking | None = None) -> None:
@@ -222,6 +224,7 @@ class ZramDevice:
             "recompress_after": lambda: f"{self.recompress_after}\n",
             "writeback_after": lambda: f"{self.writeback_after}\n",
             "auto_compact": lambda: f"{self.auto_compact}\n",
+            "recompress_params": lambda: f"{self.recompress_params}\n",
         }
         self._writers: dict[str, Callable[[str], None]] = {
             "disksize": self._store_disksize,
@@ -243,6 +246,7 @@ class ZramDevice:
             "recompress_after": lambda t: self._store_seconds("recompress_after", t),
             "writeback_after": lambda t: self._store_seconds("writeback_after", t),
             "auto_compact": self._store_auto_compact,
+            "recompress_params": self._store_recompress_params,
         }
 
     def _reset_config(self) -> None:
@@ -262,6 +266,7 @@ class ZramDevice:
         self.recompress_after = 0
         self.writeback_after = 0
         self.auto_compact = AUTO_COMPACT_DEFAULT
+        self.recompress_params = ""  # conditions for the policy's recompression ("": none)
 
     @property
     def name(self) -> str:
@@ -771,6 +776,20 @@ class ZramDevice:
         if value > 100:
             raise ControlError(errno.EINVAL, "auto_compact is a percentage (0-100)")
         self.auto_compact = value
+
+    def _store_recompress_params(self, text: str) -> None:
+        """What the background policy's recompression takes: `recompress`'s parameters
+        (type=idle|huge|huge_idle, threshold=, max_pages=, algo=, priority=), checked as a
+        write to `recompress` would be, but only remembered; an empty write clears them.
+        The policy still only considers pages idle for recompress_after seconds."""
+        text = " ".join(text.split())
+        for param in text.split():
+            key = param.split("=", 1)[0]
+            if key not in ("type", "threshold", "max_pages", "algo", "priority"):
+                raise ControlError(errno.EINVAL, f"recompress_params: unknown {key}=")
+        if text:
+            self.parse_recompress(text.encode())
+        self.recompress_params = text
 
     def _store_seconds(self, attr: str, text: str) -> None:
         value = _kstrtoul(text)

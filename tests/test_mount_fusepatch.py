@@ -4,21 +4,28 @@
   in bounded steps, so 4 KiB reads of the image keep being answered while it runs.
 - FUSE_DIRECT_IO_ALLOW_MMAP: the image can be mmap()ed MAP_SHARED (as LTP's zram03 does with
   /dev/zramN): fill it with 'a', msync, and a separate read sees the bytes.
+- The start-up self-check: a daemon whose pyfuse3 does not look as expected refuses to mount
+  and says why.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import (
+    ZRAMFS,
     MiB,
+    Resources,
     ZramfsFactory,
     compressible_chunks,
+    is_mounted,
     punch_hole,
 )
 
@@ -108,3 +115,47 @@ def test_image_can_be_mmapped_shared_like_ltp_zram03(zramfs: ZramfsFactory) -> N
     assert data == b"a" * size
     s = m.mm_stat()
     assert s.orig_data_size == size and s.same_pages == size // 4096
+
+
+# Loaded by the daemon's interpreter (PYTHONPATH): makes the pyfuse3 it imports claim 4.1.0.
+_NEWER_PYFUSE3 = """
+import importlib.abc, importlib.util, sys
+
+class _Patch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "pyfuse3":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.__version__ = "4.1.0"
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Patch())
+"""
+
+
+def test_mount_refuses_a_pyfuse3_the_patches_do_not_fit(
+    registry: Resources, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_NEWER_PYFUSE3)
+    mnt = tmp_path / "mnt"
+    registry.zramfs_mounts.append(mnt)  # cleaned up should it mount after all
+    assert ZRAMFS is not None
+    res = subprocess.run(
+        [ZRAMFS, "mount", str(mnt), "-s", "16M"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert res.returncode != 0
+    assert "FusePatchError" in res.stderr and "pyfuse3 4.1.0 is outside" in res.stderr, res.stderr
+    assert not is_mounted(mnt)

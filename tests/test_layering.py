@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-CORE = ["codecs", "zsmalloc", "pagestore", "device", "sizes", "report"]
+# The pure core named in the brief, plus the pure tier pieces (policy, block map).
+CORE = ["codecs", "zsmalloc", "pagestore", "device", "sizes", "report", "tierpolicy", "blockmap"]
 FORBIDDEN = ("pyfuse3", "trio")
 
 _PROBE = """

@@ -545,7 +545,12 @@ class ZramOperations(pyfuse3.Operations):
         """Serve the large discards fallocate() defers, one after another, each in
         DISCARD_CHUNK steps with a scheduler pass between them, so that reads and writes
         of every device keep being answered while gigabytes are freed. Run it in the
-        daemon's nursery for as long as the mount is served."""
+        daemon's nursery for as long as the mount is served.
+
+        Ordering is a block device's: a write to a range whose discard has not been
+        answered yet may land before or after the discard reaches it, as on any disk with
+        requests in flight; file systems and swap only reuse a discarded range once the
+        discard has completed, which here is when the last step has run."""
         self._discarding = True
         try:
             async for device, store, off, end, reply in self._discard_rx:

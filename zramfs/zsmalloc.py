@@ -131,6 +131,21 @@ class PoolStatistics:
     classes: tuple[ClassStatistics, ...]
 
 
+def _class_statistics(sc: SizeClass, zspages: int, objs_used: int) -> ClassStatistics:
+    """One class's figures from its two kept counters: zspages held and live objects."""
+    allocated = zspages * sc.objs_per_zspage
+    return ClassStatistics(
+        size=sc.size,
+        objs_per_zspage=sc.objs_per_zspage,
+        pages_per_zspage=sc.pages_per_zspage,
+        objs_allocated=allocated,
+        objs_used=objs_used,
+        pages_used=zspages * sc.pages_per_zspage,
+        # kernel zs_can_compact(): whole zspages' worth of free slots, in pages
+        freeable_pages=(allocated - objs_used) // sc.objs_per_zspage * sc.pages_per_zspage,
+    )
+
+
 def _pages_per_zspage(size: int) -> int:
     """The kernel's get_pages_per_zspage(): the chain length (1..8 pages) that maximises the
     integer percentage of the zspage used by whole objects; the first length wins ties."""
@@ -235,6 +250,7 @@ class ZsPool:
         "_hfree",
         "_cls_used",
         "_cls_zspages",
+        "_cls_stats",
     )
 
     def __init__(self) -> None:
@@ -269,6 +285,8 @@ class ZsPool:
         # them; the kernel's class_stat_inc/dec): live objects, and zspages held.
         self._cls_used = array("Q", [0] * len(CLASSES))
         self._cls_zspages = array("Q", [0] * len(CLASSES))
+        # The last ClassStatistics built per class, reused while its counters are unchanged.
+        self._cls_stats = [_class_statistics(sc, 0, 0) for sc in CLASSES]
 
     # ----------------------------------------------------------------- public interface
 
@@ -485,28 +503,17 @@ class ZsPool:
 
     def statistics(self) -> PoolStatistics:
         """An immutable snapshot of the pool and per-class counters: O(classes), not
-        O(pool), since the counters are kept as objects and zspages come and go."""
+        O(pool), since the counters are kept as objects and zspages come and go (and a
+        class whose counters did not change keeps its last ClassStatistics)."""
         used = self._cls_used
         zspages = self._cls_zspages
-        out = []
-        for sc in CLASSES:
-            z = zspages[sc.index]
-            allocated = z * sc.objs_per_zspage
-            objs_used = used[sc.index]
-            out.append(
-                ClassStatistics(
-                    size=sc.size,
-                    objs_per_zspage=sc.objs_per_zspage,
-                    pages_per_zspage=sc.pages_per_zspage,
-                    objs_allocated=allocated,
-                    objs_used=objs_used,
-                    pages_used=z * sc.pages_per_zspage,
-                    freeable_pages=(allocated - objs_used)
-                    // sc.objs_per_zspage
-                    * sc.pages_per_zspage,
-                )
-            )
-        return PoolStatistics(self._total_pages, self._pages_compacted, tuple(out))
+        cache = self._cls_stats
+        for c, cs in enumerate(cache):
+            u = used[c]
+            z = zspages[c]
+            if cs.objs_used != u or cs.pages_used != z * _CPPZ[c]:
+                cache[c] = _class_statistics(CLASSES[c], z, u)
+        return PoolStatistics(self._total_pages, self._pages_compacted, tuple(cache))
 
     def _recount(self) -> PoolStatistics:
         """statistics() recomputed from scratch by a walk over every zspage (for tests:
@@ -517,25 +524,11 @@ class ZsPool:
         live = inuse > 0
         zspages = np.bincount(cls[live], minlength=ncls)
         used = np.bincount(cls[live], weights=inuse[live], minlength=ncls)
-        out = []
-        for sc in CLASSES:
-            allocated = int(zspages[sc.index]) * sc.objs_per_zspage
-            objs_used = int(used[sc.index])
-            out.append(
-                ClassStatistics(
-                    size=sc.size,
-                    objs_per_zspage=sc.objs_per_zspage,
-                    pages_per_zspage=sc.pages_per_zspage,
-                    objs_allocated=allocated,
-                    objs_used=objs_used,
-                    pages_used=int(zspages[sc.index]) * sc.pages_per_zspage,
-                    freeable_pages=(allocated - objs_used)
-                    // sc.objs_per_zspage
-                    * sc.pages_per_zspage,
-                )
-            )
-        total = int(sum(int(zspages[sc.index]) * sc.pages_per_zspage for sc in CLASSES))
-        return PoolStatistics(total, self._pages_compacted, tuple(out))
+        out = tuple(
+            _class_statistics(sc, int(zspages[sc.index]), int(used[sc.index])) for sc in CLASSES
+        )
+        total = sum(cs.pages_used for cs in out)
+        return PoolStatistics(total, self._pages_compacted, out)
 
     # ------------------------------------------------------------------------ internals
 

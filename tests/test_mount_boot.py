@@ -184,7 +184,7 @@ def test_bad_dropin_is_named(boot: Resources, tmp_path: Path) -> None:
     assert not is_zramfs_mount(mnt)
 
 
-def test_missing_control_file_is_an_error_not_ignored(boot: Resources, tmp_path: Path) -> None:
+def test_recompression_keys_apply_or_name_the_missing_file(boot: Resources, tmp_path: Path) -> None:
     """A configured key whose control file this zramfs lacks stops start, naming the file.
 
     Which recompression files the daemon serves is looked up on a probe mount, so the test

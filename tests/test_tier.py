@@ -546,3 +546,20 @@ def test_our_control_files() -> None:
     assert stats.backing_dev == "/dev/fake" and stats.auto_writeback == 0
     d.reset()
     assert d.read_attr("backing_dev") == b"none\n"  # reset lets go of the backing store
+
+
+def test_recompress_params_feed_the_policy() -> None:
+    table, _ = device_with_backing()
+    d = table.hot_add()
+    assert d.read_attr("recompress_params") == b"\n"
+    assert d.policy_recompress() is None  # not initialised, no algorithm
+    d.write_attr("recomp_algorithm", b"algo=zstd")
+    d.write_attr("disksize", b"1M")
+    r = d.policy_recompress()
+    assert r is not None and (r.mode, r.max_pages, r.prio, r.prio_max) == (0, None, 1, 2)
+    assert errno_of(d.write_attr, "recompress_params", b"type=cold") == errno.EINVAL
+    assert errno_of(d.write_attr, "recompress_params", b"threshold=5000") == errno.EINVAL
+    d.write_attr("recompress_params", b"type=idle max_pages=10\n")
+    assert d.read_attr("recompress_params") == b"type=idle max_pages=10\n"
+    r = d.policy_recompress()
+    assert r is not None and (r.mode, r.max_pages, r.prio, r.prio_max) == (WB_IDLE, 10, 1, 2)

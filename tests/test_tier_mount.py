@@ -131,3 +131,45 @@ def test_auto_writeback_keeps_writes_going_past_mem_limit(
     assert bd_stat(m)[0] >= 8 * MiB // PAGE
     assert m.io_stat().failed_writes == 0
     assert m.pread(12 * MiB, 0) == data
+
+
+def wait_for(predicate: object, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_background_policy_recompresses_and_writes_back(
+    zramfs: ZramfsFactory, tmp_path: Path
+) -> None:
+    back = backing_file(tmp_path, 16 * MiB)
+    m = zramfs(size="0")
+    m.set("backing_dev", str(back))
+    m.set("recomp_algorithm", "algo=zstd")
+    m.set("disksize", "16M")
+    hot = text_bytes(MiB, seed=21)
+    m.pwrite(hot, 0)
+    m.pwrite(text_bytes(MiB, seed=22), 2 * MiB)
+    assert m.read("policy_interval") == "0\n"  # off by default: nothing moves
+    m.set("recompress_after", "1")
+    m.set("writeback_after", "3")
+    m.set("policy_interval", "1")
+    assert wait_for(lambda: "recompressed     0 pages" not in m.read("stats"))
+    assert wait_for(lambda: bd_stat(m)[0] >= 2 * MiB // PAGE)
+    assert m.pread(MiB, 0) == hot
+    assert m.pread(MiB, 2 * MiB) == text_bytes(MiB, seed=22)
+    assert m.io_stat().failed_reads == 0
+
+
+def test_automatic_compaction(zramfs: ZramfsFactory) -> None:
+    m = zramfs(size="64M")
+    assert m.read("auto_compact") == "25\n"
+    m.pwrite(text_bytes(8 * MiB, seed=17), 0)
+    # Free every other page: half of the pool's slots are now holes in zspages.
+    punch_hole(m.image(), [(off, PAGE) for off in range(0, 8 * MiB, 2 * PAGE)])
+    assert wait_for(lambda: m.mm_stat().pages_compacted > 0)
+    m.set("auto_compact", "0")
+    assert m.read("auto_compact") == "0\n"

@@ -717,12 +717,42 @@ class ZramDevice:
         in batches)."""
         if self.removed:
             raise ControlError(errno.ENODEV, f"{self.name} was removed")
+        return self._resolve_recompress(_raw_text(data), self._require_initialised("recompress"))
+
+    def policy_recompress(self) -> RecompressRequest | None:
+        """The background policy's recompression pass: recompress_params (the `recompress`
+        syntax; empty: every page, all the algorithms), or None if it names nothing that
+        the device has."""
+        store = self.store
+        if store is None or not store.recompression_priorities:
+            return None
+        try:
+            return self._resolve_recompress(self.recompress_params, store)
+        except ControlError:
+            return None
+
+    def _resolve_recompress(self, text: str, store: PageStore) -> RecompressRequest:
+        mode, threshold, max_pages, prio, prio_max, algo = self._recompress_args(text)
+        if algo is not None:
+            found = [p for p in range(prio, MAX_PRIORITY + 1) if self.recomp.get(p) == algo]
+            if not found:
+                raise ControlError(errno.EINVAL, f"recompress: no priority uses {algo!r}")
+            prio_max = found[0] + 1
+        active = max(store.recompression_priorities, default=0) + 1
+        prio_max = min(prio_max, active)
+        if prio >= prio_max:
+            raise ControlError(errno.EINVAL, "recompress: no recompression algorithm to use")
+        return RecompressRequest(mode, threshold, max_pages, prio, prio_max)
+
+    @staticmethod
+    def _recompress_args(text: str) -> tuple[int, int, int | None, int, int, str | None]:
+        """(mode, threshold, max_pages, prio, prio_max, algo) of recompress arguments."""
         mode = threshold = 0
         max_pages: int | None = None
         prio = 1
         prio_max = MAX_PRIORITY + 1
         algo = None
-        for param, val in _args(_raw_text(data)):
+        for param, val in _args(text):
             if not val:
                 raise ControlError(errno.EINVAL, f"recompress: {param} needs a value")
             if param == "type":
@@ -746,19 +776,7 @@ class ZramDevice:
                 prio_max = prio + 1
         if threshold >= HUGE_CLASS_SIZE:
             raise ControlError(errno.EINVAL, f"threshold {threshold} is not below the huge size")
-        store = self._require_initialised("recompress")
-        if algo is not None:
-            found = [p for p in range(prio, MAX_PRIORITY + 1) if self.recomp.get(p) == algo]
-            if not found:
-                raise ControlError(errno.EINVAL, f"recompress: no priority uses {algo!r}")
-            prio_max = found[0] + 1
-        active = max(store.recompression_priorities, default=0) + 1
-        prio_max = min(prio_max, active)
-        if prio >= prio_max:
-            raise ControlError(errno.EINVAL, "recompress: no recompression algorithm to use")
-        return RecompressRequest(
-            mode, threshold, 0 if max_pages == 0 else max_pages, prio, prio_max
-        )
+        return mode, threshold, max_pages, prio, prio_max, algo
 
     def _store_recompress(self, text: str) -> None:
         # The shell runs recompressions in batches (zramfs.tier); validate and refuse here.

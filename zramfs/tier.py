@@ -26,7 +26,6 @@ from .device import ControlError, DeviceTable, ZramDevice
 from .pagestore import (
     FLAG_INCOMPRESSIBLE,
     FLAG_RECOMPRESSED,
-    WB_HUGE,
     MemLimitExceeded,
     PageStore,
     PendingRead,
@@ -322,21 +321,22 @@ class TierService:
         async with self._lock(device):
             if store is not device.store:
                 return
-            prios = store.recompression_priorities
-            if device.recompress_after and prios:
-                cold = store.cold_pages(
-                    store.pages_stored,
-                    device.recompress_after,
-                    skip=FLAG_RECOMPRESSED | FLAG_INCOMPRESSIBLE,
+            r = device.policy_recompress()
+            if device.recompress_after and r is not None:
+                # Pages idle that long, coldest first, that recompress_params' type allows.
+                allowed = set(store.select_recompress(r.mode, r.prio_max))
+                cold = [
+                    i
+                    for i in store.cold_pages(
+                        store.pages_stored,
+                        device.recompress_after,
+                        skip=FLAG_RECOMPRESSED | FLAG_INCOMPRESSIBLE,
+                    )
+                    if i in allowed
+                ]
+                await self._recompress(
+                    device, store, cold, r.prio, r.prio_max, r.threshold, r.max_pages
                 )
-                prio, prio_max, threshold, limit = 1, max(prios) + 1, 0, None
-                if device.recompress_params:  # the conditions (config.py: "(type=huge)")
-                    r = device.parse_recompress(device.recompress_params.encode())
-                    prio, prio_max, threshold, limit = r.prio, r.prio_max, r.threshold, r.max_pages
-                    if r.mode & WB_HUGE:
-                        huge = set(store.select_recompress(WB_HUGE, prio_max))
-                        cold = [i for i in cold if i in huge]
-                await self._recompress(device, store, cold, prio, prio_max, threshold, limit)
             if device.writeback_after and device.backing is not None:
                 cold = store.cold_pages(store.pages_stored, device.writeback_after)
                 await self._write_back(device, store, cold)

@@ -173,3 +173,33 @@ def test_automatic_compaction(zramfs: ZramfsFactory) -> None:
     assert wait_for(lambda: m.mm_stat().pages_compacted > 0)
     m.set("auto_compact", "0")
     assert m.read("auto_compact") == "0\n"
+
+
+def test_backing_read_error_is_eio_for_that_page_only(
+    zramfs: ZramfsFactory, tmp_path: Path
+) -> None:
+    back = backing_file(tmp_path, 8 * MiB)
+    m = zramfs(size="0")
+    m.set("backing_dev", str(back))
+    m.set("disksize", "8M")
+    gone = text_bytes(64 * 1024, seed=31)
+    kept = text_bytes(64 * 1024, seed=32)
+    m.pwrite(gone, 0)
+    m.pwrite(kept, MiB)
+    m.set("writeback", f"page_indexes=0-{64 * 1024 // PAGE - 1}")
+    assert bd_stat(m)[0] == 16
+    os.truncate(back, 0)  # the backing store loses its blocks: reads come back short
+    fd = os.open(m.image(), os.O_RDONLY)
+    try:
+        try:
+            os.pread(fd, PAGE, 0)
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+        else:
+            raise AssertionError("a lost backing block read back without an error")
+    finally:
+        os.close(fd)
+    assert m.io_stat().failed_reads >= 1
+    assert m.pread(64 * 1024, MiB) == kept  # the daemon keeps serving the rest
+    m.pwrite(gone[:PAGE], 0)  # a rewrite replaces the lost page
+    assert m.pread(PAGE, 0) == gone[:PAGE]

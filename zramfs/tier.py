@@ -363,7 +363,7 @@ class TierService:
             return
         self._last_psi_compact = now
         for device in _initialised(self.table):
-            if device.store is not None:
+            if device.store is not None and device.auto_compact:  # (0: off, both triggers)
                 device.store.compact()
 
 

@@ -93,12 +93,13 @@ class Node(NamedTuple):
 # sysfs files claim one page; readers stop at the first short read.
 CONTROL_FILE_SIZE = 4096
 # A request at least this large (de)compresses on a worker thread, but only with a codec
-# slow enough for that to pay (Codec.slow_compress/slow_decompress).  Python code holds the GIL
-# for a few microseconds around every page's library call, so with a fast codec the worker
-# and the trio thread mostly wait for each other: measured on 2 cores with fio, lz4 1 MiB
-# writes went from ~490 to ~650 MiB/s and reads from ~600 to ~830 MiB/s done inline, zstd
-# reads from 660 to 1180 (benchmarks/README.md, "Where the time goes").  Small requests are
-# always inline.
+# slow enough for that to pay (Codec.slow_compress/slow_decompress).  Even with the whole
+# request in one GIL-free C call (Codec.batch_nogil), a hand-off costs ~51 us of CPU and the
+# worker's Python around the call contends for the GIL with the commit: measured on 2 cores
+# with fio, lz4 1 MiB reads on a worker took the trio thread from ~1.0 to ~0.7 ms/MiB but
+# the daemon from ~1.0 to ~1.3, and writes cost more on both (benchmarks/README.md, "Threads:
+# measured").  zstd compression (~6-19 us/page) stays threaded.  Small requests are always
+# inline.
 THREAD_THRESHOLD = 128 * 1024
 # How long reading a dictionary file named in algorithm_params may take before the write
 # answers ETIMEDOUT (the read runs on a worker thread; the event loop never waits for it).

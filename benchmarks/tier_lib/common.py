@@ -67,7 +67,7 @@ class Group:
     def set(self, name: str, value: str) -> None:
         write_file(self.path / name, value)
 
-    def int(self, name: str) -> int:
+    def number(self, name: str) -> int:
         try:
             return int(self.get(name).split()[0])
         except (OSError, ValueError, IndexError):
@@ -277,10 +277,10 @@ class Sampler:
         s: dict[str, Any] = {
             "t": round(time.monotonic() - self.t0, 2),
             "states": task_states(g.procs()),
-            "usage": g.int("memory.usage_in_bytes"),
-            "memsw_usage": g.int("memory.memsw.usage_in_bytes"),
+            "usage": g.number("memory.usage_in_bytes"),
+            "memsw_usage": g.number("memory.memsw.usage_in_bytes"),
             "oom_kills": g.oom_kills(),
-            "failcnt": g.int("memory.failcnt"),
+            "failcnt": g.number("memory.failcnt"),
             "mm_stat": self.swap.numbers("mm_stat"),
             "io_stat": self.swap.numbers("io_stat"),
             "bd_stat": self.swap.numbers("bd_stat"),

@@ -188,6 +188,7 @@ def dm_device(registry: Resources, tmp_path: Path) -> Iterator[tuple[str, int, s
     """
     if shutil.which("dmsetup") is None:
         pytest.skip("dmsetup not installed")
+    subprocess.run(["modprobe", "dm_mod"], capture_output=True, timeout=60)
     lower = registry.loop(sparse_file(tmp_path / "dm-lower", 32 * MiB), direct_io=False)
     sectors = 32 * MiB // 512
     name = f"zramfs-tiertest-{os.getpid()}-{random.randrange(1 << 30)}"
@@ -240,6 +241,33 @@ def test_backing_store_read_error_is_eio_for_that_page_only(
     run("dmsetup", "resume", name)
     for i in range(16):
         assert m.pread(PAGE, i * PAGE) == pages[i], f"page {i} once the disk is back"
+
+
+def test_backing_file_truncated_under_zramfs_is_eio_for_those_pages(
+    zramfs: ZramfsFactory, tmp_path: Path
+) -> None:
+    """Someone truncates the backing file: the written-back pages are gone from it. Reading
+    them must fail (EIO, counted in failed_reads), never return zeros; the rest still reads."""
+    backing = sparse_file(tmp_path / "backing", 16 * MiB)
+    m = tier_mount(zramfs, backing, size="16M")
+    pages = [bytes(random.Random(i).randbytes(PAGE // 2)) * 2 for i in range(16)]
+    m.pwrite(b"".join(pages), 0)
+    m.set("writeback", "page_indexes=0-7")
+    assert bd_stat(m)[0] == 8
+    os.truncate(backing, 0)
+
+    failed = m.io_stat().failed_reads
+    for i in range(8):
+        with pytest.raises(OSError) as info:
+            m.pread(PAGE, i * PAGE)
+        assert info.value.errno == errno.EIO, f"page {i}: {info.value}"
+    assert m.io_stat().failed_reads >= failed + 8, m.io_stat()
+    for i in range(8, 16):
+        assert m.pread(PAGE, i * PAGE) == pages[i], f"page {i}"
+    # Overwriting a lost page gives it new contents, read from memory.
+    m.pwrite(b"\x5a" * PAGE, 2 * PAGE)
+    assert m.pread(PAGE, 2 * PAGE) == b"\x5a" * PAGE
+    assert m.read("initstate") == "1\n"
 
 
 # -- automatic writeback: past mem_limit with a backing store --

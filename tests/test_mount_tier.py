@@ -81,7 +81,7 @@ def text_pages(count: int, seed: int = 0) -> list[bytes]:
     pages = []
     for i in range(count):
         page = bytearray(base[i * PAGE : (i + 1) * PAGE])
-        page[:24] = f"<seed {seed:04d} page {i:06d}>".encode()[:24]
+        page[:24] = f"<seed {seed:04d} page {i:06d}>".encode().ljust(24)
         pages.append(bytes(page))
     return pages
 
@@ -515,7 +515,6 @@ def test_recomp_algorithm_reads_one_line_per_priority(zramfs: ZramfsFactory) -> 
         ("algo priority=1", errno.EINVAL),  # a parameter without a value
         ("algo= priority=1", errno.EINVAL),
         ("\n", errno.EINVAL),
-        ("algo=" + "z" * 200, errno.E2BIG),  # longer than an algorithm name may be
     ],
 )
 def test_recomp_algorithm_bad_input_changes_nothing(

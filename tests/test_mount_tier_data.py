@@ -29,6 +29,7 @@ from conftest import (
     ZramMount,
     compressible_chunks,
     run,
+    wait_for,
 )
 from test_reliability_common import direct_read, direct_write
 
@@ -48,8 +49,17 @@ def bd_stat(m: ZramMount, n: int = 0) -> tuple[int, int, int]:
 
 
 def allocated(path: Path) -> int:
-    """Bytes the file has on disk (st_blocks is in 512-byte units)."""
+    """Bytes the file has on disk (st_blocks is in 512-byte units; it also counts the file
+    system's own blocks for the file, such as an extent tree's, hence the slack below)."""
     return path.stat().st_blocks * 512
+
+
+def data_bytes(path: Path) -> int:
+    """Bytes of the file that are data, not holes (SEEK_DATA/SEEK_HOLE)."""
+    return sum(end - start for start, end in data_ranges(path))
+
+
+SLACK = 64 * 1024  # file system metadata counted in st_blocks
 
 
 def data_ranges(path: Path) -> list[tuple[int, int]]:
@@ -150,14 +160,15 @@ def test_overwrite_and_discard_give_backing_blocks_back(
     for n, chunk in enumerate(fresh):
         direct_write(dev, n * MiB, chunk)
     assert bd_stat(m)[0] == 3072, m.read("bd_stat")
-    after_overwrite = allocated(backing)
-    assert after_overwrite <= full - 4 * MiB, (full, after_overwrite)
+    # Freed blocks are punched out of the file by the daemon's background pass, soon after.
+    assert wait_for(lambda: data_bytes(backing) <= 12 * MiB, 20), data_ranges(backing)
+    assert allocated(backing) <= 12 * MiB + SLACK, (full, allocated(backing))
 
     # Discard the next 8 MiB (blkdiscard -> loop -> PUNCH_HOLE on the image).
     run("blkdiscard", "-o", str(4 * MiB), "-l", str(8 * MiB), dev)
     assert bd_stat(m)[0] == 1024, m.read("bd_stat")
-    after_discard = allocated(backing)
-    assert after_discard <= after_overwrite - 8 * MiB, (after_overwrite, after_discard)
+    assert wait_for(lambda: data_bytes(backing) <= 4 * MiB, 20), data_ranges(backing)
+    assert allocated(backing) <= 4 * MiB + SLACK, allocated(backing)
     assert m.io_stat().notify_free >= 2048
 
     for n in range(16):
@@ -172,8 +183,9 @@ def test_overwrite_and_discard_give_backing_blocks_back(
     # Discard the rest: nothing is left on the backing store, and the file is all holes.
     run("blkdiscard", dev)
     assert bd_stat(m)[0] == 0
-    assert data_ranges(backing) == [], f"data left in the backing file: {data_ranges(backing)}"
-    assert allocated(backing) == 0
+    assert wait_for(lambda: data_ranges(backing) == [], 20), (
+        f"data left in the backing file: {data_ranges(backing)}")
+    assert allocated(backing) <= SLACK
 
 
 # -- a backing store that fails --

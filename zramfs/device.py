@@ -692,6 +692,8 @@ class ZramDevice:
             raise ControlError(errno.EINVAL, "recomp_algorithm needs algo=NAME")
         if not 1 <= prio <= MAX_PRIORITY:
             raise ControlError(errno.EINVAL, f"recompression priorities are 1..{MAX_PRIORITY}")
+        if len(algo) >= 128:  # __comp_algorithm_store(): CRYPTO_MAX_ALG_NAME
+            raise ControlError(errno.E2BIG, "recomp_algorithm: name too long")
         if algo not in ALGORITHMS:
             raise ControlError(errno.EINVAL, f"unknown algorithm {algo!r}")
         self._require_uninitialised("recomp_algorithm")

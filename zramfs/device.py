@@ -876,7 +876,7 @@ class DeviceTable:
         device = self._devices.get(dev_id)
         if device is None:
             raise ControlError(errno.ENODEV, f"no device zram{dev_id}")
-        if device.open_count:
+        if device.open_count or device.busy:  # (busy: a writeback or recompression runs)
             raise ControlError(errno.EBUSY, f"zram{dev_id} is open")
         del self._devices[dev_id]
         device.removed = True

@@ -203,6 +203,7 @@ class TierService:
         device.busy += 1
         stopped = 0
         try:
+            await self._drain(device, store)  # blocks freed since: reusable before we start
             pos = 0
             while pos < len(indices) and store is device.store:
                 window = indices[pos : pos + 4 * WRITEBACK_BATCH]

@@ -6,6 +6,7 @@ BlockMap, and the pure decisions of tierpolicy. The backing store is MemoryBacki
 from __future__ import annotations
 
 import errno
+import os
 import random
 
 import numpy as np
@@ -563,3 +564,34 @@ def test_recompress_params_feed_the_policy() -> None:
     assert d.read_attr("recompress_params") == b"type=idle max_pages=10\n"
     r = d.policy_recompress()
     assert r is not None and (r.mode, r.max_pages, r.prio, r.prio_max) == (WB_IDLE, 10, 1, 2)
+
+
+def test_file_backing_runs_and_holes(tmp_path: os.PathLike[str]) -> None:
+    from zramfs.backing import FileBacking
+
+    path = os.path.join(tmp_path, "backing.img")
+    with open(path, "wb") as f:
+        f.truncate(64 * PAGE)
+    b = FileBacking(path)
+    try:
+        assert b.nblocks == 64
+        blocks = [7, 3, 4, 5, 20, 8]  # runs 3-5, 7-8 and 20, given out of order
+        data = [bytes([i + 1]) * (100 + 500 * i) for i in range(len(blocks))]
+        assert b.write_blocks(blocks, data) == set()
+        got = b.read_blocks(blocks + [63])
+        for k, blk in enumerate(blocks):
+            d = got[k]
+            assert isinstance(d, bytes) and d[: len(data[k])] == data[k]
+            assert d[len(data[k]) :] == bytes(PAGE - len(data[k]))
+            assert b.read_block(blk)[: len(data[k])] == data[k]
+        assert got[-1] == bytes(PAGE)
+        before = os.stat(path).st_blocks
+        b.discard_blocks([3, 4, 5, 7, 8, 20])
+        assert os.stat(path).st_blocks < before
+        assert b.read_block(4) == bytes(PAGE)
+        os.truncate(path, 10 * PAGE)  # blocks past the end now read short: an error each
+        late = b.read_blocks([9, 20])
+        assert isinstance(late[0], bytes) and isinstance(late[1], OSError)
+        assert late[1].errno == errno.EIO
+    finally:
+        b.close()

@@ -142,9 +142,12 @@ class FileBacking:
         self._local = threading.local()
 
     def _buffer(self, nbytes: int) -> mmap.mmap:
-        """A page-aligned buffer of at least ``nbytes`` for this thread (reused)."""
+        """A page-aligned buffer of at least ``nbytes`` for this thread (reused; it grows
+        to the largest run seen, at most a writeback batch)."""
         buf: mmap.mmap | None = getattr(self._local, "buf", None)
         if buf is None or len(buf) < nbytes:
+            if buf is not None:
+                buf.close()
             buf = mmap.mmap(-1, max(nbytes, 64 * BLOCK_SIZE))
             self._local.buf = buf
         return buf
@@ -161,29 +164,57 @@ class FileBacking:
         return buf[:BLOCK_SIZE]
 
     def read_blocks(self, blocks: list[int]) -> list[bytes | OSError]:
-        out: list[bytes | OSError] = []
-        for b in blocks:
+        """Each block's bytes (or the OSError of its read), reading each run of
+        consecutive block numbers with one preadv."""
+        out: dict[int, bytes | OSError] = {}
+        for start, count in _runs(sorted(set(blocks))):
+            size = count * BLOCK_SIZE
+            buf = self._buffer(size)
+            view = memoryview(buf)[:size]
             try:
-                out.append(self.read_block(b))
+                n = os.preadv(self.fd, [view], start * BLOCK_SIZE)
             except OSError as exc:
-                out.append(exc)
-        return out
-
-    def write_blocks(self, blocks: list[int], data: list[bytes]) -> set[int]:
-        buf = self._buffer(BLOCK_SIZE)
-        failed = set()
-        for k, (b, d) in enumerate(zip(blocks, data, strict=True)):
-            buf[: len(d)] = d
-            if len(d) < BLOCK_SIZE:
-                buf[len(d) : BLOCK_SIZE] = bytes(BLOCK_SIZE - len(d))
-            view = memoryview(buf)[:BLOCK_SIZE]
-            try:
-                if os.pwritev(self.fd, [view], b * BLOCK_SIZE) != BLOCK_SIZE:
-                    failed.add(k)
-            except OSError:
-                failed.add(k)
+                n = -1
+                error: OSError = exc
             finally:
                 view.release()
+            for k in range(count):
+                if (k + 1) * BLOCK_SIZE <= n:
+                    out[start + k] = buf[k * BLOCK_SIZE : (k + 1) * BLOCK_SIZE]
+                elif n < 0:
+                    out[start + k] = error
+                else:
+                    out[start + k] = OSError(errno.EIO, f"short read of block {start + k}")
+        return [out[b] for b in blocks]
+
+    def write_blocks(self, blocks: list[int], data: list[bytes]) -> set[int]:
+        """Write ``data[k]`` (at most a block, zero-padded) to ``blocks[k]``, each run of
+        consecutive block numbers with one pwritev; return the positions that failed."""
+        order = sorted(range(len(blocks)), key=blocks.__getitem__)
+        failed: set[int] = set()
+        pos = 0
+        while pos < len(order):
+            end = pos + 1
+            while end < len(order) and blocks[order[end]] == blocks[order[end - 1]] + 1:
+                end += 1
+            run = order[pos:end]
+            size = len(run) * BLOCK_SIZE
+            buf = self._buffer(size)
+            for k, i in enumerate(run):
+                d = data[i]
+                at = k * BLOCK_SIZE
+                buf[at : at + len(d)] = d
+                if len(d) < BLOCK_SIZE:
+                    buf[at + len(d) : at + BLOCK_SIZE] = bytes(BLOCK_SIZE - len(d))
+            view = memoryview(buf)[:size]
+            try:
+                if os.pwritev(self.fd, [view], blocks[run[0]] * BLOCK_SIZE) != size:
+                    failed.update(run)
+            except OSError:
+                failed.update(run)
+            finally:
+                view.release()
+            pos = end
         return failed
 
     def discard_blocks(self, blocks: list[int]) -> None:

@@ -47,7 +47,7 @@ WRITEBACK_BATCH = 256  # pages per backing write on a worker thread (1 MiB)
 RECOMPRESS_BATCH = 64  # pages recompressed between two checkpoints of the event loop
 TICK_S = 0.25  # the background loop's period when nothing wakes it
 ROOM_WAIT_S = 5.0  # how long a write at mem_limit waits for automatic writeback
-ROOM_POLL_S = 0.01
+ROOM_POLL_S = 0.05  # a waiting write retries at least this often (and after each batch)
 PSI_PATH = "/proc/pressure/memory"
 PSI_PERIOD_S = 2.0
 PSI_COMPACT_GAP_S = 10.0
@@ -63,6 +63,7 @@ class TierService:
         self._wanted: weakref.WeakSet[ZramDevice] = weakref.WeakSet()  # writers waiting
         self._policy_due: weakref.WeakKeyDictionary[ZramDevice, float] = weakref.WeakKeyDictionary()
         self._wake = trio.Event()
+        self._room = trio.Event()  # set (and replaced) whenever a writeback freed memory
         self._next_psi = 0.0
         self._last_psi_compact = -PSI_COMPACT_GAP_S
 
@@ -122,7 +123,8 @@ class TierService:
         while True:
             self._wanted.add(device)
             self.wake()
-            await trio.sleep(ROOM_POLL_S)
+            with trio.move_on_after(ROOM_POLL_S):
+                await self._room.wait()
             try:
                 store.write(off, view)
                 return
@@ -220,7 +222,9 @@ class TierService:
                 finally:
                     if failed is None:  # cancelled: none of it counts as written
                         failed = set(range(len(batch)))
-                    store.end_writeback(batch, failed)
+                    if store.end_writeback(batch, failed):
+                        self._room.set()  # writers waiting for room: try again
+                        self._room = trio.Event()
                 if failed:
                     log.warning("%s: %d backing writes failed", device.name, len(failed))
                     stopped = errno.EIO

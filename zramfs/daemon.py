@@ -14,10 +14,10 @@ it would lose every page swapped to it.  SIGTERM, SIGINT, SIGHUP and SIGQUIT
 unmount cleanly unless an image is in use, in which case the daemon says what
 holds it and keeps serving: stopping would turn every I/O of the holder into
 an error.  Every other signal whose default action would end the process
-(USR1, USR2, ALRM, the profiling and power signals, the real-time signals) is
-answered with a log line and otherwise ignored; SIGPIPE and SIGXFSZ are
-already ignored by Python.  Only SIGKILL (and faults) can end the daemon at
-once.
+(USR1, USR2, ALRM, the profiling and power signals, SYS, TRAP, ABRT, the
+real-time signals) is answered with a log line and otherwise ignored; SIGPIPE
+and SIGXFSZ are already ignored by Python.  Only SIGKILL and the faults (SEGV,
+BUS, ILL, FPE) can end the daemon at once.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ IGNORED_SIGNALS: tuple[int, ...] = (
     signal.SIGPWR,
     signal.SIGSTKFLT,
     signal.SIGXCPU,
+    # These three end the process with a core dump by default, and kill(1) sends them as
+    # easily as USR1. Ignoring a sent one is safe: abort() re-raises SIGABRT with the default
+    # action after a handler returns, so a real abort still ends the daemon.
+    signal.SIGSYS,
+    signal.SIGTRAP,
+    signal.SIGABRT,
     *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
 )
 

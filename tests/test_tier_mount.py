@@ -10,7 +10,7 @@ import random
 import time
 from pathlib import Path
 
-from conftest import PAGE, MiB, ZramfsFactory, punch_hole, text_bytes
+from conftest import PAGE, LoopFactory, MiB, ZramfsFactory, punch_hole, text_bytes
 
 
 def backing_file(tmp_path: Path, size: int) -> Path:
@@ -203,3 +203,22 @@ def test_backing_read_error_is_eio_for_that_page_only(
     assert m.pread(64 * 1024, MiB) == kept  # the daemon keeps serving the rest
     m.pwrite(gone[:PAGE], 0)  # a rewrite replaces the lost page
     assert m.pread(PAGE, 0) == gone[:PAGE]
+
+
+def test_block_device_backing_store(
+    zramfs: ZramfsFactory, loop: LoopFactory, tmp_path: Path
+) -> None:
+    dev = loop(backing_file(tmp_path, 16 * MiB))
+    m = zramfs(size="0")
+    m.set("backing_dev", dev)
+    m.set("disksize", "16M")
+    assert m.read("backing_dev") == f"{dev}\n"
+    data = text_bytes(2 * MiB, seed=41)
+    m.pwrite(data, 0)
+    m.set("idle", "all")
+    m.set("writeback", "idle")
+    assert bd_stat(m)[0] == 2 * MiB // PAGE
+    assert m.pread(2 * MiB, 0) == data
+    punch_hole(m.image(), [(0, MiB)])  # freed blocks are discarded on the device
+    assert wait_for(lambda: bd_stat(m)[0] == MiB // PAGE)
+    assert m.pread(MiB, MiB) == data[MiB:]

@@ -222,3 +222,26 @@ def test_block_device_backing_store(
     punch_hole(m.image(), [(0, MiB)])  # freed blocks are discarded on the device
     assert wait_for(lambda: bd_stat(m)[0] == MiB // PAGE)
     assert m.pread(MiB, MiB) == data[MiB:]
+
+
+def test_full_backing_store_gives_the_kernels_eio(zramfs: ZramfsFactory, tmp_path: Path) -> None:
+    back = backing_file(tmp_path, 2 * MiB)  # 512 blocks
+    m = zramfs(size="0")
+    m.set("backing_dev", str(back))
+    m.set("mem_limit", "4M")
+    m.set("disksize", "32M")
+    data = random.Random(12).randbytes(12 * MiB)
+    fd = os.open(m.image(), os.O_WRONLY)
+    written = 0
+    try:
+        while written < len(data):
+            written += os.pwrite(fd, data[written : written + MiB], written)
+    except OSError as exc:
+        assert exc.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert written < len(data)  # memory and backing store are both full
+    assert bd_stat(m)[0] == 512
+    assert m.io_stat().failed_writes >= 1
+    assert m.mm_stat().mem_used_total <= 4 * MiB
+    assert m.pread(written, 0) == data[:written]  # what was accepted is all there

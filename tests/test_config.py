@@ -173,6 +173,15 @@ def test_error_names_the_dropin_that_set_the_bad_value(tmp_path: Path) -> None:
     assert (info.value.path, info.value.line) == (str(bad), 3)
 
 
+def test_devices_know_the_line_behind_each_control_file() -> None:
+    """start reports a value the daemon refuses at the file and line that set it."""
+    d = one("[zram0]\n\ncompression-algorithm = lzo-rle\nauto-compact = 5\n").devices[0]
+    assert d.where("comp_algorithm") == \
+        "/etc/zramfs/zramfs.conf:3: compression-algorithm='lzo-rle': "
+    assert d.where("auto_compact").startswith("/etc/zramfs/zramfs.conf:4: auto-compact=")
+    assert d.where("disksize") == ""  # the default size: no line to name
+
+
 def test_continuation_and_quotes() -> None:
     d = one('[zram0]\ncompression-algorithm = lz4 \\\n  zstd(level=1)\noptions = "pri=1"\n')
     assert [a.name for a in d.devices[0].algorithms] == ["lz4", "zstd"]
@@ -186,6 +195,8 @@ def test_expression_grammar() -> None:
                                ram) == 6144
     assert evaluate_expression("-(2 - 5) * 2", ram) == 6
     assert evaluate_expression("max(1, 2, 3)", ram) == 3
+    assert evaluate_expression("min(ram)", ram) == 8192  # one argument is that value
+    assert evaluate_expression("max(5) + min(1)", ram) == 6
     assert evaluate_expression("ram*3/4", ram) == 6144
     assert evaluate_expression(" 1.5 * 2 ", ram) == 3
     for bad in ["", "ram ram", "(1", "1)", "min()", "2 ** 3", "ram.x", "1,2", "max(1 2)"]:

@@ -173,6 +173,30 @@ def test_bad_config_is_refused_with_file_and_line(
     assert not is_zramfs_mount(mnt)
 
 
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("compression-algorithm = lzo-rle\n", "compression-algorithm"),  # zram-generator's
+        ("compression-algorithm = zstd(level=99)\n", "compression-algorithm"),
+        ("compression-algorithm = lz4 nosuch\n", "compression-algorithm"),
+        ("writeback-device = /nonexistent/disk\n", "writeback-device"),
+    ],
+)
+def test_values_the_daemon_refuses_are_named_at_their_line(
+    boot: Resources, tmp_path: Path, body: str, key: str
+) -> None:
+    """A value only the running zramfs can judge (an algorithm it lacks, a level out of
+    range, a missing backing device) is still reported at its file and line, and nothing
+    stays up."""
+    conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\n" + body)
+    swaps_before = active_swaps()
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    assert res.returncode == 1
+    assert f"{conf}:6: {key}=" in res.stderr, res.stderr
+    assert active_swaps() == swaps_before and images_holders(mnt) == {}
+    assert wait_for(lambda: not is_zramfs_mount(mnt))
+
+
 def test_bad_dropin_is_named(boot: Resources, tmp_path: Path) -> None:
     conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\n")
     drop = Path(f"{conf}.d")

@@ -47,6 +47,18 @@ RECOMPRESS_CONDITIONS_FILE = "recompress_params"
 RECOMPRESS_KEYS = ("type", "threshold", "max_pages", "algo", "priority")
 RECOMPRESS_TYPES = ("idle", "huge", "huge_idle")
 ALGORITHM_PARAM_KEYS = ("level", "dict")
+# The configuration key behind each control file start writes, so that a value the running
+# zramfs refuses is reported at the file and line that set it.
+CONTROL_KEYS: dict[str, str] = {
+    "comp_algorithm": "compression-algorithm",
+    "algorithm_params": "compression-algorithm",
+    "recomp_algorithm": "compression-algorithm",
+    RECOMPRESS_CONDITIONS_FILE: "compression-algorithm",
+    "backing_dev": "writeback-device",
+    "mem_limit": "zram-resident-limit",
+    "disksize": "zram-size",
+    **{control: key for key, (control, _) in POLICY_KEYS.items()},
+}
 DEVICE_KEYS = (
     "zram-size",
     "zram-resident-limit",
@@ -112,10 +124,21 @@ class DeviceConfig:
     mount_point: str | None
     options: str
     policy: tuple[tuple[str, int], ...]  # (control file, value) for zramfs's own keys
+    # (key, "path:line", value) of every key the files set for this device
+    origins: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def is_swap(self) -> bool:
         return self.fs_type == "swap"
+
+    def where(self, key: str) -> str:
+        """`path:line: key=value: ` for the setting behind a key or a control file, or ""
+        when the value is a default (no line to name)."""
+        key = CONTROL_KEYS.get(key, key)
+        for name, location, value in self.origins:
+            if name == key:
+                return f"{location}: {name}={value!r}: "
+        return ""
 
     def control_writes(self) -> list[tuple[str, str]]:
         """(control file, value) in the order the device needs them.
@@ -345,6 +368,7 @@ def _device(name: str, keys: dict[str, Setting], ram_mib: int) -> DeviceConfig |
         mount_point=mount_point,
         options=options,
         policy=policy,
+        origins=tuple((k, f"{v.path}:{v.line}", v.value) for k, v in keys.items()),
     )
 
 
@@ -495,7 +519,8 @@ class ExpressionError(ValueError):
 
 
 TOKEN_RE = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
-FUNCTIONS: dict[str, Callable[..., float]] = {"min": min, "max": max}
+# Called with the arguments spread out: one argument is that value (`min(ram)` is ram).
+FUNCTIONS: dict[str, Callable[..., float]] = {"min": lambda *a: min(a), "max": lambda *a: max(a)}
 
 
 def evaluate_expression(text: str, variables: dict[str, float]) -> float:

@@ -100,6 +100,10 @@ def check_tools(config: Config) -> None:
             needed |= {f"mkfs.{d.fs_type}"}
             if d.mount_point:
                 needed |= {"mount", "umount"}
+    for d in config.devices:
+        tool = f"mkfs.{d.fs_type}"
+        if not d.is_swap and shutil.which(tool) is None:
+            raise StartError(f"{d.where('fs-type')}{d.name}: no {tool} on this system")
     missing = sorted(t for t in needed if shutil.which(t) is None)
     if missing:
         raise StartError(f"missing tools: {', '.join(missing)} (install them first)")
@@ -114,7 +118,8 @@ def check_control_files(config: Config) -> None:
             path = os.path.join(directory, name)
             if not os.path.exists(path):
                 raise StartError(
-                    f"{path} does not exist: this zramfs cannot apply the configuration's "
+                    f"{d.where(name)}{path} does not exist: this zramfs cannot apply the "
+                    "configuration's "
                     f"{_key_for(name)} for {d.name}"
                 )
 
@@ -158,7 +163,10 @@ def configure_device(config: Config, d: DeviceConfig, steps: Steps) -> None:
     reset = os.path.join(directory, "reset")
     steps.did(f"configure {d.name}", lambda: write_control(reset, "1"))
     for name, value in d.control_writes():
-        write_control(os.path.join(directory, name), value)
+        try:
+            write_control(os.path.join(directory, name), value)
+        except StartError as exc:  # the daemon refused the value: name the line that set it
+            raise StartError(f"{d.where(name)}{exc}") from None
 
 
 def holder_of(image: str) -> Holder | None:
@@ -213,7 +221,10 @@ def bring_up_filesystem(d: DeviceConfig, loop: str, steps: Steps) -> None:
         os.makedirs(where)
         steps.did(f"mkdir {where}", lambda: os.rmdir(where))
     options = ["-o", d.options] if d.options else []
-    run(["mount", "-t", d.fs_type, *options, loop, where])
+    try:
+        run(["mount", "-t", d.fs_type, *options, loop, where])
+    except StartError as exc:
+        raise StartError(f"{d.where('options') or d.where('mount-point')}{exc}") from None
     steps.did(f"mount {where}", lambda: run(["umount", where]))
 
 

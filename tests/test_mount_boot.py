@@ -669,3 +669,46 @@ def test_recompression_conditions_steer_the_policy(boot: Resources, tmp_path: Pa
     time.sleep(2.5)  # two more policy passes for zram1 (a late pass only makes this weaker)
     assert recompressed(mnt, "zram1") == 0
     zramfs_cmd("stop", "--config", conf)
+
+
+def test_stop_while_a_file_is_open_stops_nothing(boot: Resources, tmp_path: Path) -> None:
+    """A process with a file open on a configured filesystem: stop refuses before it turns
+    any swap off, naming the mount point and the process; nothing is half torn down."""
+    require("mkswap", "swapon", "swapoff", "mkfs.ext4", "blkid")
+    data = tmp_path / "data"
+    conf, mnt = write_config(tmp_path, SWAP_AND_EXT4.format(data=data))
+    zramfs_cmd("start", "--config", conf)
+    (data / "open").write_text("held")
+    before = (images_holders(mnt), active_swaps())
+    holder = subprocess.Popen(["sleep", "300"], stdin=open(data / "open"))  # noqa: SIM115
+    try:
+        res = zramfs_cmd("stop", "--config", conf, check=False)
+        assert res.returncode == 1
+        assert str(data) in res.stderr and f"{holder.pid} (sleep)" in res.stderr, res.stderr
+        assert (images_holders(mnt), active_swaps()) == before
+        assert is_mounted(data) and is_zramfs_mount(mnt)
+    finally:
+        holder.kill()
+        holder.wait()
+    zramfs_cmd("stop", "--config", conf)
+    assert not is_zramfs_mount(mnt) and images_holders(mnt) == {}
+
+
+def test_start_after_the_daemon_was_killed(boot: Resources, tmp_path: Path) -> None:
+    """kill -9 of the daemon leaves a dead mount (ENOTCONN) with the swap still on it:
+    start says so and what to do, stop clears the remains, and start works again."""
+    require("mkswap", "swapon", "swapoff", "blkid")
+    conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\n")
+    zramfs_cmd("start", "--config", conf)
+    (swap_dev,) = images_holders(mnt)
+    os.kill(ZramMount(mnt).pid(), 9)
+    assert wait_for(lambda: not os.path.exists(mnt / "zram0"))  # ENOTCONN from now on
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    assert res.returncode == 1
+    assert "daemon is gone" in res.stderr and "zramfs stop" in res.stderr, res.stderr
+    assert "Errno" not in res.stderr, res.stderr
+    zramfs_cmd("stop", "--config", conf)
+    assert swap_dev not in active_swaps() and images_holders(mnt) == {}
+    assert not is_zramfs_mount(mnt)
+    assert "started" in zramfs_cmd("start", "--config", conf).stdout
+    zramfs_cmd("stop", "--config", conf)

@@ -101,11 +101,9 @@ def _read_pid(mountpoint: str) -> int | None:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    # A daemon killed with -9 is a zombie until init reaps it: gone all the same, and
+    # signalling it would leave its dead mount in place (stop waited for it in vain).
+    return pid if _running(pid) else None
 
 
 def _log_path(mountpoint: str) -> str:
@@ -394,10 +392,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
         raise CliError("zramfs stop needs root")
     cfg = _load_config(args.config)
     try:
-        service.stop(cfg.mount, stop_daemon, lambda text: print(f"  {text}"))
+        stopped = service.stop(cfg.mount, stop_daemon, lambda text: print(f"  {text}"))
     except service.StartError as exc:
         raise CliError(f"stop failed: {exc}") from None
-    print(f"zramfs stopped at {cfg.mount}")
+    if stopped:
+        print(f"zramfs stopped at {cfg.mount}")
     return 0
 
 

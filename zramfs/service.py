@@ -13,6 +13,7 @@ fails (no memory to take the pages back) it stops there, with the daemon still s
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -259,6 +260,40 @@ def _remover(path: str, dev_id: int) -> Callable[[], None]:
     return lambda: write_control(path, str(dev_id))
 
 
+def check_alive(mount: str) -> None:
+    """A zramfs mount whose daemon died (kill -9, a crash) answers ENOTCONN: say so plainly."""
+    try:
+        os.stat(os.path.join(mount, "hot_add"))
+    except OSError as exc:
+        raise StartError(
+            f"zramfs is mounted at {mount} but its daemon is gone ({exc.strerror}): what it "
+            "held is lost. Run zramfs stop to clear what is left (swapoff, umount, "
+            "losetup -d, unmount), then start again"
+        ) from None
+
+
+def users_of(where: str) -> list[str]:
+    """What keeps `where` from being unmounted, found before anything is stopped: processes
+    with a file, their working directory or root below it ("PID (COMM)"), and mounts on
+    top of it.  umount itself stays the judge; this only lets stop refuse early."""
+    prefix = where.rstrip("/") + "/"
+    found = []
+    for proc in glob.glob("/proc/[0-9]*"):
+        if proc == f"/proc/{os.getpid()}":
+            continue
+        try:
+            links = [os.readlink(f"{proc}/cwd"), os.readlink(f"{proc}/root")]
+            links += [os.readlink(f"{proc}/fd/{fd}") for fd in os.listdir(f"{proc}/fd")]
+            if any(t == where or t.startswith(prefix) for t in links):
+                with open(f"{proc}/comm") as f:
+                    found.append(f"{proc[6:]} ({f.read().strip()})")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+    found += [f"a mount on {m}" for targets in mounts_by_source().values() for m in targets
+              if m.startswith(prefix)]
+    return found
+
+
 def start(config: Config, mount_daemon: Callable[[str, int], int],
           unmount_daemon: Callable[[str], None],
           say: Callable[[str], None]) -> tuple[int | None, list[str]]:
@@ -276,6 +311,7 @@ def start(config: Config, mount_daemon: Callable[[str, int], int],
                       lambda: unmount_daemon(config.mount))
             remove_unconfigured(config)
         else:
+            check_alive(config.mount)
             add_missing(config, steps)
         check_control_files(config)
         for d in config.devices:
@@ -296,12 +332,22 @@ def start(config: Config, mount_daemon: Callable[[str, int], int],
     return pid, steps.done
 
 
-def stop(mount: str, unmount_daemon: Callable[[str], None], say: Callable[[str], None]) -> None:
-    """swapoff and umount what uses the images, detach the loop devices, unmount zramfs."""
+def stop(mount: str, unmount_daemon: Callable[[str], None], say: Callable[[str], None]) -> bool:
+    """swapoff and umount what uses the images, detach the loop devices, unmount zramfs.
+
+    Refuses before touching anything while a filesystem on an image is in use, so a
+    refused stop leaves every swap on.  False when there was nothing to stop.
+    """
     if mount not in zramfs_mounts():
         say(f"zramfs is not mounted at {mount}: nothing to stop")
-        return
+        return False
     held = holders_under(mount)
+    busy = [f"{where}: {', '.join(users)}" for h in held for where in h.mounts
+            if (users := users_of(where))]
+    if busy:
+        raise StartError("in use, nothing was stopped:\n  " + "\n  ".join(busy)
+                         + "\nclose those files (or leave those directories) and run zramfs "
+                           "stop again")
     for h in held:
         if h.swap:
             try:
@@ -318,3 +364,4 @@ def stop(mount: str, unmount_daemon: Callable[[str], None], say: Callable[[str],
         run(["losetup", "-d", h.loop])
         say(f"losetup -d {h.loop}")
     unmount_daemon(mount)
+    return True

@@ -430,7 +430,11 @@ class ZramOperations(pyfuse3.Operations):
             if off + len(buf) > disksize:
                 data = memoryview(buf)[: disksize - off]
             try:
-                if len(data) < THREAD_THRESHOLD or not store.codec.slow_compress:
+                if (
+                    len(data) < THREAD_THRESHOLD
+                    or not store.codec.slow_compress
+                    or store.near_limit  # page by page: a refusal compresses one page
+                ):
                     store.write(off, data)
                 else:
                     prepared = await trio.to_thread.run_sync(

@@ -109,6 +109,7 @@ _FLAGS_STORED_HUGE = FLAG_STORED | FLAG_HUGE
 _STORED_OR_SAME = FLAG_STORED | FLAG_SAME
 _POOL_MASK = FLAG_STORED | FLAG_SAME | _SPECIAL  # == FLAG_STORED: a primary-codec pool object
 
+_MAX_ZSPAGE_PAGES = 8  # the longest zspage chain (CONFIG_ZSMALLOC_CHAIN_SIZE)
 # Below this many full pages a request checks for same-filled pages page by page; from it
 # on, one numpy pass over the whole request finds the candidates (about 0.04 us a page).
 _NUMPY_SAME_MIN = 4
@@ -427,7 +428,39 @@ class PageStore:
                 raise self._write_failure(offset, offset)
             self._writes += 1
             return
+        if self.near_limit:
+            self._write_by_page(offset, data)
+            return
         self.commit_write(self.prepare_write(offset, data))
+
+    @property
+    def near_limit(self) -> bool:
+        """Whether the pool is within one zspage of mem_limit. Then a write is stored page
+        by page (write() does so), compressing each page only when the ones before it
+        were stored, so that a refused write costs one page's compression rather than the
+        whole request's (a 1 MiB swap-out refused at the limit: one page, not 256)."""
+        limit = self._limit_pages
+        return bool(limit) and self._pool.total_pages + _MAX_ZSPAGE_PAGES > limit
+
+    def _write_by_page(self, offset: int, data: Buffer) -> None:
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        self._check(offset, mv.nbytes)
+        pos = 0
+        end = mv.nbytes
+        while pos < end:
+            at = offset + pos
+            cut = min(end, pos + PAGE_SIZE - (at & _PAGE_MASK))
+            piece = mv[pos:cut]
+            try:
+                if cut - pos == PAGE_SIZE:
+                    self.write(at, piece.tobytes())  # the whole-page path
+                else:
+                    self.commit_write(self.prepare_write(at, piece))
+            except MemLimitExceeded as exc:
+                raise MemLimitExceeded(pos + exc.written, exc.limit) from None
+            pos = cut
 
     def prepare_write(self, offset: int, data: Buffer) -> PreparedWrite:
         """Compress the whole pages of a write. CPU only and thread-safe: reads no state

@@ -271,6 +271,66 @@ def test_emptied_zspages_are_released_and_rss_follows() -> None:
     assert pool._next_page == mapped
 
 
+def test_release_batch_gives_pages_back_in_runs_and_rss_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A discard of many huge pages (one one-page zspage each) used to make one madvise (three
+    syscalls under mlockall) per page: a 12 GiB-of-huge-pages blkdiscard held the loop
+    device's queue for 15.7 s. Inside release_batch() the emptied zspages go back together."""
+    calls: list[int] = []
+    real = ZsPool._dontneed
+
+    def counting(self: ZsPool, first: int, count: int) -> None:
+        calls.append(count)
+        real(self, first, count)
+
+    monkeypatch.setattr(ZsPool, "_dontneed", counting)
+    pool = ZsPool()
+    rng = random.Random(11)
+    n = 8192  # 32 MiB of huge objects
+    gc.collect()
+    before = rss_bytes()
+    handles = []
+    for _ in range(n):
+        h = pool.alloc(PAGE_SIZE)
+        pool.write(h, rng.randbytes(PAGE_SIZE))
+        handles.append(h)
+    held = pool.total_pages * PAGE_SIZE
+    with pool.release_batch():
+        for h in handles:
+            pool.free(h)
+        assert not calls  # nothing given back until the batch closes
+    assert pool.total_pages == 0
+    assert sum(calls) == n
+    arena_pages = zsmalloc._ARENA_MASK + 1
+    assert len(calls) == n // arena_pages, calls  # contiguous pages: one call per arena
+    assert rss_bytes() - before < 0.05 * held
+
+
+def test_allocating_inside_a_release_batch_keeps_the_data() -> None:
+    """A page freed in an open batch and reused before it closes must not be DONTNEED'd
+    afterwards (that would zero an object written since)."""
+    pool = ZsPool()
+    rng = random.Random(12)
+    old = [pool.alloc(PAGE_SIZE) for _ in range(64)]
+    for h in old:
+        pool.write(h, rng.randbytes(PAGE_SIZE))
+    kept: dict[int, bytes] = {}
+    with pool.release_batch():
+        for h in old:
+            pool.free(h)
+        for _ in range(64):
+            data = rng.randbytes(PAGE_SIZE)
+            h = pool.alloc(PAGE_SIZE)
+            pool.write(h, data)
+            kept[h] = data
+        with pytest.raises(RuntimeError):
+            with pool.release_batch():
+                pass
+    assert all(pool.read(h) == data for h, data in kept.items())
+    assert pool._next_page == 64  # the freed pages were reused, none newly mapped
+
+
 # ---------------------------------------------------------------------------- compaction
 
 

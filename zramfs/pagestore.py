@@ -922,26 +922,29 @@ class PageStore:
             targets = [c for c in range(c0, c1 + 1) if c in chunks]
         release = self._release
         d_stored = 0
-        for c in targets:
-            chunk = chunks[c]
-            lo = c << _CHUNK_SHIFT
-            j0 = max(first - lo, 0)
-            j1 = min(stop - lo, CHUNK_PAGES)
-            vals = chunk.vals
-            flags = chunk.flags
-            atime = chunk.atime
-            view = np.frombuffer(flags, dtype=np.uint8, count=j1 - j0, offset=j0)
-            live = (np.flatnonzero(view) + j0).tolist()
-            del view  # release the export of the bytearray
-            for j in live:
-                release(vals, j, flags[j], lo + j)
-                vals[j] = 0
-                flags[j] = 0
-                atime[j] = 0
-            d_stored += len(live)
-            chunk.used -= len(live)
-            if not chunk.used:
-                del chunks[c]
+        # Emptied zspages give their pages back to the OS together at the end: one
+        # madvise per run rather than per zspage (each huge page is its own zspage).
+        with self._pool.release_batch():
+            for c in targets:
+                chunk = chunks[c]
+                lo = c << _CHUNK_SHIFT
+                j0 = max(first - lo, 0)
+                j1 = min(stop - lo, CHUNK_PAGES)
+                vals = chunk.vals
+                flags = chunk.flags
+                atime = chunk.atime
+                view = np.frombuffer(flags, dtype=np.uint8, count=j1 - j0, offset=j0)
+                live = (np.flatnonzero(view) + j0).tolist()
+                del view  # release the export of the bytearray
+                for j in live:
+                    release(vals, j, flags[j], lo + j)
+                    vals[j] = 0
+                    flags[j] = 0
+                    atime[j] = 0
+                d_stored += len(live)
+                chunk.used -= len(live)
+                if not chunk.used:
+                    del chunks[c]
         self._stored -= d_stored
 
     # ------------------------------------------------------------ the writeback tier

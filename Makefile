@@ -57,19 +57,30 @@ umount:
 	$(BIN)/zramfs umount $(MOUNTPOINT)
 
 # systemd/zramfs.service with ExecStart/ExecStop pointing at this checkout's zramfs,
-# enabled so `zramfs start` runs at boot (before swap.target) from /etc/zramfs/zramfs.conf.
-UNIT_DIR    ?= /etc/systemd/system
+# enabled so `zramfs start` runs at boot (before swap.target) from /etc/zramfs/zramfs.conf,
+# and /usr/local/bin/zramfs linked to it (the unit's own path, and `zramfs` in a shell),
+# unless something else is already there.  Safe to run again.  Where systemd is not running
+# (a container, a chroot, DESTDIR set) the unit is enabled offline (systemctl --root), for
+# the next boot.
+DESTDIR     ?=
+UNIT_DIR    ?= $(DESTDIR)/etc/systemd/system
+LINK_DIR    ?= $(DESTDIR)/usr/local/bin
+SYSTEMCTL_ROOT := $(if $(DESTDIR),--root=$(abspath $(DESTDIR)),$(if $(wildcard /run/systemd/system),,--root=/))
 install-systemd: venv
-	@mkdir -p /etc/zramfs/zramfs.conf.d
+	@mkdir -p $(DESTDIR)/etc/zramfs/zramfs.conf.d $(UNIT_DIR) $(LINK_DIR)
 	sed 's|/usr/local/bin/zramfs|$(abspath $(BIN))/zramfs|' systemd/zramfs.service > $(UNIT_DIR)/zramfs.service
-	systemctl daemon-reload
-	systemctl enable zramfs.service
+	@if [ ! -e $(LINK_DIR)/zramfs ] || [ -L $(LINK_DIR)/zramfs ]; then \
+	    ln -sfn $(abspath $(BIN))/zramfs $(LINK_DIR)/zramfs; \
+	else echo "$(LINK_DIR)/zramfs exists and is not a link: left alone"; fi
+	$(if $(SYSTEMCTL_ROOT),,systemctl daemon-reload)
+	systemctl $(SYSTEMCTL_ROOT) enable zramfs.service
 	@[ -e /etc/zramfs/zramfs.conf ] || echo "now write /etc/zramfs/zramfs.conf (README: From boot to swap), then: systemctl start zramfs"
 
 uninstall-systemd:
-	-systemctl disable zramfs.service
+	-systemctl $(SYSTEMCTL_ROOT) disable zramfs.service
 	rm -f $(UNIT_DIR)/zramfs.service
-	systemctl daemon-reload
+	@if [ "$$(readlink $(LINK_DIR)/zramfs)" = "$(abspath $(BIN))/zramfs" ]; then rm -f $(LINK_DIR)/zramfs; fi
+	$(if $(SYSTEMCTL_ROOT),,systemctl daemon-reload)
 
 clean:
 	rm -rf $(VENV) build *.egg-info zramfs/*.so

@@ -340,6 +340,28 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "zramfs.service" not in res.stdout + res.stderr, res.stdout + res.stderr
 
 
+def test_make_install_systemd_works_twice_and_uninstalls(tmp_path: Path) -> None:
+    """The documented install, into DESTDIR (this container's systemd is not running, as
+    in any chroot): the unit verifies, is enabled for swap.target, zramfs is linked where
+    the unit's own path points; running it again changes nothing; uninstall removes it."""
+    require("make", "systemctl", "systemd-analyze")
+    assert ZRAMFS is not None
+    dest = tmp_path / "root"
+    make = ["make", "-C", str(ROOT), "-o", ".venv/bin/zramfs", "-o", "deps", f"DESTDIR={dest}"]
+    unit = dest / "etc/systemd/system/zramfs.service"
+    wants = dest / "etc/systemd/system/swap.target.wants/zramfs.service"
+    link = dest / "usr/local/bin/zramfs"
+    for _ in range(2):
+        run(*make, "install-systemd")
+        assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/zramfs.service"
+        assert os.readlink(link) == str(Path(ROOT, ".venv/bin/zramfs"))
+        assert f"ExecStart={ROOT}/.venv/bin/zramfs start" in unit.read_text()
+        res = run("systemd-analyze", "verify", unit, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+    run(*make, "uninstall-systemd")
+    assert not unit.exists() and not wants.exists() and not link.exists()
+
+
 def cap_sys_resource() -> bool:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):

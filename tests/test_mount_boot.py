@@ -518,6 +518,12 @@ def test_top_batch_frames(zramfs: ZramfsFactory) -> None:
     assert "1M" in line  # DATA
 
 
+def test_top_refuses_a_path_that_is_no_mount(tmp_path: Path) -> None:
+    """A typo in the mount point is an error, not a screen saying `unreachable` forever."""
+    res = zramfs_cmd("top", "-n", "1", tmp_path / "nothing-here", check=False)
+    assert res.returncode == 1 and "no zramfs mounted" in res.stderr, res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
 def test_top_live_until_q(zramfs: ZramfsFactory, key: bytes) -> None:
     m = zramfs(size="64M")

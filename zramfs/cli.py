@@ -564,6 +564,8 @@ def cmd_top(args: argparse.Namespace) -> int:
     mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else zramfs_mounts()
     if not mounts:
         raise CliError("no zramfs mounted")
+    if args.mountpoint and not _is_mounted(mounts[0]):
+        raise CliError(f"{mounts[0]}: no zramfs mounted there")
     return run_top(mounts, args.delay, args.iterations)
 
 

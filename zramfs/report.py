@@ -225,7 +225,7 @@ def _sample(value: float) -> str:
 def render_metrics(devices: Sequence[DeviceStatistics]) -> str:
     """Every device's figures in the Prometheus text format, labelled device="zramN".
 
-    An uninitialised device reports its disksize (0) and initialised 0, nothing else.
+    An uninitialised device is reported by zramfs_initialised 0 alone (it has no figures).
     """
     out = [
         "# HELP zramfs_initialised Whether the device is initialised (initstate).",

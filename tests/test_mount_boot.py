@@ -197,6 +197,16 @@ def test_values_the_daemon_refuses_are_named_at_their_line(
     assert wait_for(lambda: not is_zramfs_mount(mnt))
 
 
+def test_start_without_any_config_says_which_file_it_looked_for(tmp_path: Path) -> None:
+    if os.path.exists("/etc/zramfs/zramfs.conf") or os.path.exists("/etc/zramfs/zramfs.conf.d"):
+        pytest.skip("this machine has a zramfs configuration")
+    mounted_before = is_zramfs_mount(Path("/mnt/zramfs"))
+    res = zramfs_cmd("start", check=False)
+    assert res.returncode == 1
+    assert "/etc/zramfs/zramfs.conf: no such file" in res.stderr, res.stderr
+    assert is_zramfs_mount(Path("/mnt/zramfs")) == mounted_before
+
+
 def test_bad_dropin_is_named(boot: Resources, tmp_path: Path) -> None:
     conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\n")
     drop = Path(f"{conf}.d")

@@ -358,6 +358,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise CliError("zramfs start needs root (mount, loop devices, swapon)")
     cfg = _load_config(args.config)
+    if not cfg.files:  # stop still works without a file (default mount): only start needs one
+        path = configuration.DEFAULT_PATH
+        raise CliError(f"{path}: no such file, and no {path}.d/*.conf: nothing to start "
+                       "(README.md, From boot to swap, has a five-line example)")
 
     def mount_daemon(mountpoint: str, devices: int) -> int:
         return spawn_daemon(mountpoint, ["--devices", str(devices), "--size", "0"])

@@ -9,12 +9,14 @@ zstandard library, levels -7..-1 and 1..22 (default 3), magicless frames tuned f
 inputs, with one compressor and one decompressor context per thread because zstandard
 contexts are not thread-safe; deflate is raw deflate (zlib, wbits -15), levels 1..9
 (default 6). lz4 and zstd take a dictionary file (dict=PATH), read once when the codec is
-made. Every (de)compression call is thread-safe and runs with the GIL released for the
-duration of the library call. A batch API (encode_pages, decode_pages) takes a whole
-request's pages in one call: for lz4 and zstd without a dictionary it runs in the C
-extension zramfs._pagecodec with the GIL released for the whole page loop (the blocks
-differ from the per-page path's bytes but each path decodes the other's); otherwise it
-loops over the per-page calls. Bad names, levels or parameters raise CodecError (a
+made. Every (de)compression call is thread-safe. A batch API (encode_pages, decode_pages)
+takes a whole request's pages in one call. Without a dictionary, decoding (one page or a
+batch) and lz4's batch encoding run in the C extension zramfs._pagecodec against the
+system liblz4/libzstd, a batch with the GIL released for the whole page loop; its lz4
+blocks differ from python-lz4's bytes, and each path decodes the other's. Everything else
+calls python-lz4, python-zstandard or zlib page by page (zstd compression stays there:
+measured faster than the system libzstd), which release the GIL for each library call.
+Bad names, levels or parameters raise CodecError (a
 ValueError) with a message fit for a user, never a silent default. This module also parses
 the text of the algorithm_params control file into AlgorithmParams.
 """
@@ -178,7 +180,7 @@ def _fill_page(word: int) -> bytes:
     return _ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * _WORDS_PER_PAGE
 
 
-def _c_decode(algo: int, name: str, payloads: list[int | bytes]) -> bytes:
+def _decode_in_c(algo: int, name: str, payloads: list[int | bytes]) -> bytes:
     out = _pagecodec.decode(algo, payloads)
     if isinstance(out, int):
         raise BatchDecompressError(out, f"{name}: not a valid block of {PAGE_SIZE} bytes")
@@ -192,22 +194,22 @@ def _check_size(out: bytes, size: int, name: str) -> bytes:
 
 
 class _Lz4(Codec):
-    __slots__ = ("_dict",)
+    __slots__ = ("_dict", "_c_decode")
     slow_compress = False  # ~6.5 us/page on /usr/lib; decompression ~2
 
     def __init__(self, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("lz4", None, dict_path)
         self._dict = dictionary
-        self.batch_nogil = dictionary is None and _pagecodec is not None
+        self.batch_nogil = self._c_decode = dictionary is None and _pagecodec is not None
 
     def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
         if self.batch_nogil:
-            return _pagecodec.encode(_pagecodec.LZ4, 0, data, huge)
+            return _pagecodec.encode(_pagecodec.LZ4, data, huge)
         return super().encode_pages(data, huge)
 
     def decode_pages(self, payloads: list[int | bytes]) -> bytes:
-        if self.batch_nogil:
-            return _c_decode(_pagecodec.LZ4, "lz4", payloads)
+        if self._c_decode:
+            return _decode_in_c(_pagecodec.LZ4, "lz4", payloads)
         return super().decode_pages(payloads)
 
     def compress(self, data: Buffer) -> bytes:
@@ -216,6 +218,11 @@ class _Lz4(Codec):
         return lz4.block.compress(data, store_size=False, dict=self._dict)  # type: ignore[no-any-return]
 
     def decompress(self, data: Buffer, size: int = PAGE_SIZE) -> bytes:
+        if size == PAGE_SIZE and self._c_decode:  # one page: the 4 KiB request path
+            out = _pagecodec.decompress_page(_pagecodec.LZ4, data)
+            if out is None:
+                raise DecompressError(f"lz4: not a valid block of {PAGE_SIZE} bytes")
+            return out
         try:
             if self._dict is None:
                 out = lz4.block.decompress(data, uncompressed_size=size)
@@ -248,7 +255,7 @@ class _Lz4Hc(Codec):
 
 class _Zstd(Codec):
     # compression ~19 us/page; decompression ~7
-    __slots__ = ("_level", "_params", "_zdict", "_local")
+    __slots__ = ("_level", "_params", "_zdict", "_local", "_c_decode")
 
     def __init__(self, level: int, dictionary: bytes | None, dict_path: str | None) -> None:
         super().__init__("zstd", level, dict_path)
@@ -267,16 +274,13 @@ class _Zstd(Codec):
         )
         self._local = threading.local()
         self._contexts()  # fail now, not on the first page, if the library refuses
-        self.batch_nogil = self._zdict is None and _pagecodec is not None
-
-    def encode_pages(self, data: Buffer, huge: int) -> list[int | bytes]:
-        if self.batch_nogil:
-            return _pagecodec.encode(_pagecodec.ZSTD, self._level, data, huge)
-        return super().encode_pages(data, huge)
+        # Decoding in C; compression stays with python-zstandard, whose newer zstd
+        # compressed 4 KiB pages ~12 % faster than the system libzstd (benchmarks/README.md).
+        self._c_decode = self._zdict is None and _pagecodec is not None
 
     def decode_pages(self, payloads: list[int | bytes]) -> bytes:
-        if self.batch_nogil:
-            return _c_decode(_pagecodec.ZSTD, "zstd", payloads)
+        if self._c_decode:
+            return _decode_in_c(_pagecodec.ZSTD, "zstd", payloads)
         return super().decode_pages(payloads)
 
     def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
@@ -300,6 +304,11 @@ class _Zstd(Codec):
         return cctx.compress(data)  # type: ignore[no-any-return]
 
     def decompress(self, data: Buffer, size: int = PAGE_SIZE) -> bytes:
+        if size == PAGE_SIZE and self._c_decode:  # one page: the 4 KiB request path
+            out = _pagecodec.decompress_page(_pagecodec.ZSTD, data)
+            if out is None:
+                raise DecompressError(f"zstd: not a valid block of {PAGE_SIZE} bytes")
+            return out
         try:
             dctx = self._local.ctx[1]
         except AttributeError:

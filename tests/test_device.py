@@ -167,6 +167,26 @@ def test_embedded_nul_ends_the_written_text() -> None:
     assert d.params["zstd"].level == 3
 
 
+@pytest.mark.parametrize(
+    ("text", "err"),
+    [
+        (b"x" * 127, errno.EINVAL),  # an unknown name
+        (b"x" * 128, errno.E2BIG),  # strlen(buf) >= ZRAM_MAX_ALGO_NAME_SZ, newline included
+        (b"lz4" + b"\n" * 124, errno.EINVAL),
+        (b"lz4" + b"\n" * 125, errno.E2BIG),
+        (b"zstd" + b" " * 200 + b"\0", errno.E2BIG),
+    ],
+)
+def test_comp_algorithm_refuses_a_long_name_like_the_kernel(text: bytes, err: int) -> None:
+    """The kernel 6.18 (checked on a hot_added zram device) answers E2BIG before looking the
+    name up when the written text, newline included, is 128 bytes or more."""
+    d = ZramDevice(0)
+    refused(err, d.write_attr, "comp_algorithm", text)
+    assert d.algorithm == "lz4"
+    d.write_attr("disksize", b"1M")
+    refused(err, d.write_attr, "comp_algorithm", text)  # before EBUSY, as the kernel
+
+
 # -- algorithm_params with a dictionary: prepare, read (shell), apply -------------------------
 
 

@@ -109,6 +109,10 @@ class DeviceStatistics:
     auto_writeback: int = 0  # percent of mem_limit (0: off)
 
 
+# ZRAM_MAX_ALGO_NAME_SZ: a comp_algorithm write this long or longer is E2BIG.
+MAX_ALGO_NAME = 128
+
+
 def _raw_text(data: bytes) -> str:
     """A control write as a store() sees it: kernfs ends the buffer with a NUL, so the text
     stops at the first NUL in the data (what follows is ignored, as by the kernel)."""
@@ -298,7 +302,11 @@ class ZramDevice:
             raise ControlError(errno.EACCES, f"{attr} is not writable")
         if self.removed:
             raise ControlError(errno.ENODEV, f"{self.name} was removed")
-        writer(_text(data))
+        text = _raw_text(data)
+        if attr == "comp_algorithm" and len(text) >= MAX_ALGO_NAME:
+            # __comp_algorithm_store(): strlen(buf), the newline included, before any lookup
+            raise ControlError(errno.E2BIG, f"algorithm name of {len(text)} bytes is too long")
+        writer(text[:-1] if text.endswith("\n") else text)
 
     # -- programmatic set-up (the CLI's --size/--algorithm/--mem-limit) -------------------
 

@@ -31,8 +31,8 @@ from .pagestore import (
     PendingRead,
 )
 from .tierpolicy import (
-    HYSTERESIS_PERCENT,
     PSI_THRESHOLD,
+    WAITING_HEADROOM_PERCENT,
     compaction_due,
     marks,
     pages_to_write_back,
@@ -301,8 +301,8 @@ class TierService:
         if store.mem_used_total <= m.high and not waiting:
             return
         target = m.low
-        if waiting:  # a writer is refused: make room for it even under the mark
-            target = min(target, store.mem_limit - store.mem_limit * HYSTERESIS_PERCENT // 100)
+        if waiting:  # a writer is refused: make room for it and the writes behind it
+            target = min(target, store.mem_limit * (100 - WAITING_HEADROOM_PERCENT) // 100)
         for _ in range(64):  # rounds, each a bounded batch
             used = store.mem_used_total
             if used <= target or store is not device.store:

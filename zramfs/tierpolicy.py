@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "HYSTERESIS_PERCENT",
+    "WAITING_HEADROOM_PERCENT",
     "MAX_ROUND_PAGES",
     "PSI_THRESHOLD",
     "Marks",
@@ -27,6 +28,11 @@ __all__ = [
 
 PAGE_SIZE = 4096
 HYSTERESIS_PERCENT = 5  # the low mark is this many percent of mem_limit under the high one
+# When a write is waiting for room, writeback goes on until usage is this many percent of
+# mem_limit under the limit: swap-outs come in bursts, and a burst that finds only a few
+# percent free waits again at once (tier_fullswap with a backing file: OOM kill after
+# 256 MiB with 5, finished with 15).
+WAITING_HEADROOM_PERCENT = 15
 MAX_ROUND_PAGES = 4096  # at most this many pages per automatic writeback round (16 MiB)
 PSI_THRESHOLD = 10.0  # "some avg10" percent of memory stall that triggers compaction
 

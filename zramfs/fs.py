@@ -105,7 +105,7 @@ THREAD_THRESHOLD = 128 * 1024
 # answers ETIMEDOUT (the read runs on a worker thread; the event loop never waits for it).
 DICTIONARY_TIMEOUT_S = 10.0
 # A discard (fallocate PUNCH_HOLE) larger than this is not freed inside the fallocate
-# callback, which would hold up every other request (about 2.5 s for 1 GiB of stored pages
+# callback, which would hold up every other request (about 1.2 s for 1 GiB of stored pages
 # on this 2-core machine): it is answered later, from a task that frees it this many bytes
 # at a time with a scheduler pass between steps (about 10 ms each).
 DISCARD_CHUNK = 4 << 20

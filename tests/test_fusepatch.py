@@ -6,8 +6,10 @@ Each case runs in a fresh interpreter: install() is process-wide and must preced
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,22 @@ def test_a_pyfuse3_imported_first_binds_libfuse_directly() -> None:
     own fuse_session_new, and install() refuses rather than pretend."""
     res = python("import pyfuse3\nfrom zramfs import fusepatch\nfusepatch.install()\n")
     assert res.returncode != 0 and "before pyfuse3 is imported" in res.stderr
+
+
+def test_a_c_extension_built_before_its_source_changed_is_named(tmp_path: Path) -> None:
+    """A checkout updated without `make venv` kept a _pagecodec that took other arguments:
+    the daemon mounted and answered EIO to every write. It now refuses to start, naming it."""
+    from zramfs.daemon import stale_extensions
+
+    for name in ("_fallocate", "_pagecodec"):
+        (tmp_path / f"{name}.c").write_text("/* source */\n")
+        (tmp_path / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    assert stale_extensions(str(tmp_path)) == []
+    source = tmp_path / "_pagecodec.c"
+    so = tmp_path / "_pagecodec.cpython-311-x86_64-linux-gnu.so"
+    os.utime(so, (1_000_000, 1_000_000))
+    os.utime(source, (2_000_000, 2_000_000))
+    assert stale_extensions(str(tmp_path)) == ["_pagecodec"]
+    source.unlink()  # an installed package ships no sources: never stale
+    assert stale_extensions(str(tmp_path)) == []
+    assert stale_extensions() == []  # this checkout was built after its sources (make venv)

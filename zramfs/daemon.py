@@ -138,12 +138,44 @@ def build_table(config: MountConfig) -> DeviceTable:
     return table
 
 
+# The C extensions built in place next to their sources (``make venv``, pip install -e).
+C_EXTENSIONS = ("_fallocate", "_pagecodec")
+
+
+def stale_extensions(package_dir: str | None = None) -> list[str]:
+    """The C extensions of a checkout whose source changed after they were built (a
+    ``git pull`` without ``make venv``). Such a build can load and still fail every request:
+    an older _pagecodec takes other arguments, and each write would answer EIO. An installed
+    package ships no sources and is never stale here."""
+    here = package_dir or os.path.dirname(os.path.abspath(__file__))
+    stale = []
+    for name in C_EXTENSIONS:
+        try:
+            source = os.stat(os.path.join(here, name + ".c")).st_mtime
+        except FileNotFoundError:
+            continue
+        built = [
+            os.stat(os.path.join(here, f)).st_mtime
+            for f in os.listdir(here)
+            if f.startswith(name + ".") and f.endswith(".so")
+        ]
+        if built and max(built) < source:
+            stale.append(name)
+    return stale
+
+
 def serve(mountpoint: str, config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount at `mountpoint` and serve until unmounted or stopped by a signal.
 
     `ready` is called once the mount is live.  Raises on set-up failure, before
     `ready`, so the caller can report it.
     """
+    stale = stale_extensions()
+    if stale:
+        raise RuntimeError(
+            f"zramfs/{', '.join(n + '.c' for n in stale)} changed after it was built: "
+            "rebuild with `make venv` (or pip install -e .)"
+        )
     fusepatch.install()  # must precede the first import of pyfuse3
     import pyfuse3
     import trio

@@ -750,3 +750,23 @@ def test_start_after_the_daemon_was_killed(boot: Resources, tmp_path: Path) -> N
     assert not is_zramfs_mount(mnt)
     assert "started" in zramfs_cmd("start", "--config", conf).stdout
     zramfs_cmd("stop", "--config", conf)
+
+
+def test_start_again_with_a_changed_limit_says_what_differs(
+    boot: Resources, tmp_path: Path
+) -> None:
+    """Everything up, then the configuration's resident limit edited: start again does not
+    answer "already up" as if it had been applied; it names the line and changes nothing."""
+    require("mkswap", "swapon", "swapoff", "blkid")
+    conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\nzram-resident-limit = 8\n")
+    zramfs_cmd("start", "--config", conf)
+    conf.write_text(conf.read_text().replace("limit = 8", "limit = 16"))
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    assert res.returncode == 1, res.stdout
+    assert f"{conf}:6: zram-resident-limit='16'" in res.stderr and "zramfs stop" in res.stderr, \
+        res.stderr
+    assert ZramMount(mnt).mm_stat(0).mem_limit == 8 * MiB
+    assert images_holders(mnt)  # still up
+    conf.write_text(conf.read_text().replace("limit = 16", "limit = 8"))
+    assert "already up" in zramfs_cmd("start", "--config", conf).stdout
+    zramfs_cmd("stop", "--config", conf)

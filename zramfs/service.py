@@ -160,6 +160,19 @@ def configure_device(config: Config, d: DeviceConfig, steps: Steps) -> None:
                 f"{d.algorithms[0].name if d.algorithms else 'the default algorithm'}: "
                 "run zramfs stop first"
             )
+        # What can differ on a running device after the file was edited: say so rather than
+        # answer "already up" as if the new values were in force.
+        differs = []
+        limit = int(read_control(os.path.join(directory, "mm_stat")).split()[3])
+        if limit != -(-d.mem_limit // PAGE_SIZE) * PAGE_SIZE:
+            differs.append(f"{d.where('mem_limit')}{d.name} runs with mem_limit {limit}")
+        for name, number in d.policy:
+            now = read_control(os.path.join(directory, name)).strip()
+            if now != str(number):
+                differs.append(f"{d.where(name)}{d.name} runs with {name} {now}")
+        if differs:
+            raise StartError("already running otherwise than configured:\n  "
+                             + "\n  ".join(differs) + "\nrun zramfs stop first")
         return
     reset = os.path.join(directory, "reset")
     steps.did(f"configure {d.name}", lambda: write_control(reset, "1"))

@@ -180,6 +180,7 @@ def test_bad_config_is_refused_with_file_and_line(
         ("compression-algorithm = zstd(level=99)\n", "compression-algorithm"),
         ("compression-algorithm = lz4 nosuch\n", "compression-algorithm"),
         ("writeback-device = /nonexistent/disk\n", "writeback-device"),
+        ("fs-type = xfs\n", "fs-type"),  # mkfs.xfs refuses a device under 300 MB
     ],
 )
 def test_values_the_daemon_refuses_are_named_at_their_line(

@@ -227,7 +227,10 @@ def bring_up_filesystem(d: DeviceConfig, loop: str, steps: Steps) -> None:
         return
     if _needs_format(d, loop, d.fs_type):
         quiet = ["-q"] if d.fs_type in QUIET_MKFS else []
-        run([f"mkfs.{d.fs_type}", *quiet, loop])
+        try:
+            run([f"mkfs.{d.fs_type}", *quiet, loop])
+        except StartError as exc:  # e.g. xfs on a device under 300 MB: the size or the type
+            raise StartError(f"{d.where('fs-type') or d.where('zram-size')}{exc}") from None
         steps.did(f"mkfs.{d.fs_type} {loop}")
     if where is None:
         return  # zram-generator: formatted, not mounted

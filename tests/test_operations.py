@@ -193,6 +193,22 @@ def test_every_control_file_good_and_bad_inputs() -> None:
     assert device.mem_limit == 8 * MiB
 
 
+def test_a_first_read_past_offset_zero_sees_the_text() -> None:
+    """As sysfs (seq_file renders when a read does not continue the last one): pread at
+    offset 3 of a freshly opened control file gives bytes 3.. of its text, not nothing,
+    which is what ``dd skip=3`` or a pread() saw."""
+    ops = make(disksize=16 << 20)
+    inode = inode_of(ops, 0, "disksize")
+    whole = read_ctl(ops, inode)
+    assert whole == b"16777216\n"
+    fh = open_file(ops, inode, os.O_RDONLY)
+    try:
+        assert run(ops.read, fh, 3, 4) == whole[3:7]
+        assert run(ops.read, fh, 7, 100) == whole[7:]
+    finally:
+        run(ops.release, fh)
+
+
 def test_reading_control_files() -> None:
     ops = make(disksize=16 * MiB)
 

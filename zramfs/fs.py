@@ -154,7 +154,7 @@ class OpenFile:
     inode: int
     device: ZramDevice | None
     name: str
-    snapshot: bytes = b""
+    snapshot: bytes | None = None  # None: not rendered yet
 
 
 class ZramOperations(pyfuse3.Operations):
@@ -400,9 +400,12 @@ class ZramOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno_of(exc, "read")) from None
 
     def _read_control(self, f: OpenFile, off: int, size: int) -> bytes:
-        if off == 0:  # like seq_file: render at the first read, serve the rest from it
-            f.snapshot = self._render(f)
-        return f.snapshot[off : off + size]
+        snapshot = f.snapshot
+        if off == 0 or snapshot is None:
+            # like seq_file: render at offset 0 or at the first read of this handle (a
+            # pread past 0 gets its slice of the text), serve the reads that follow from it
+            snapshot = f.snapshot = self._render(f)
+        return snapshot[off : off + size]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         try:

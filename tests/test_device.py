@@ -259,3 +259,25 @@ def test_zramfs_devices_reads_mountinfo(tmp_path: Path) -> None:
     )
     assert zramfs_devices(str(info)) == frozenset({os.makedev(0, 52)})
     assert zramfs_devices(str(tmp_path / "none")) == frozenset()
+
+
+def test_io_stat_text_is_the_kernels() -> None:
+    """io_stat_show() prints "%8llu %8llu 0 %8llu\n": the old invalid_io column is a bare 0
+    (checked on a 6.18 zram device), initialised or not."""
+    d = ZramDevice(0)
+    assert d.read_attr("io_stat") == b"       0        0 0        0\n"
+    d.write_attr("disksize", b"1M")
+    assert d.read_attr("io_stat") == b"       0        0 0        0\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "err"),
+    [(b"0", errno.EINVAL), (b"65536", errno.ERANGE), (b"-1", errno.EINVAL), (b"x", errno.EINVAL)],
+)
+def test_reset_parses_like_kstrtou16(text: bytes, err: int) -> None:
+    d = ZramDevice(0)
+    d.write_attr("disksize", b"1M")
+    refused(err, d.write_attr, "reset", text)
+    assert d.store is not None  # nothing changed
+    d.write_attr("reset", b"65535")
+    assert d.store is None

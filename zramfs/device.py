@@ -362,10 +362,11 @@ class ZramDevice:
         )
 
     def _show_io_stat(self) -> str:
+        # io_stat_show(): "%8llu %8llu 0 %8llu\n", the third column (once invalid_io) a bare 0
         if self.store is None:
-            return "%8d %8d %8d %8d\n" % (0, 0, 0, 0)
+            return "%8d %8d 0 %8d\n" % (0, 0, 0)
         s = self.store.statistics()
-        return "%8d %8d %8d %8d\n" % (s.failed_reads, s.failed_writes, 0, s.notify_free)
+        return "%8d %8d 0 %8d\n" % (s.failed_reads, s.failed_writes, s.notify_free)
 
     # -- writers: each validates fully before it changes anything ----------------------
 
@@ -417,7 +418,10 @@ class ZramDevice:
         self.disksize = size
 
     def _store_reset(self, text: str) -> None:
-        if _kstrtoul(text) == 0:
+        value = _kstrtoul(text)
+        if value > 0xFFFF:  # reset_store() reads it with kstrtou16
+            raise ControlError(errno.ERANGE, f"number out of range: {text!r}")
+        if value == 0:
             raise ControlError(errno.EINVAL, "reset takes a non-zero number")
         if self.open_count:
             raise ControlError(errno.EBUSY, f"{self.name} is open ({self.open_count} opens)")

@@ -771,3 +771,17 @@ def test_start_again_with_a_changed_limit_says_what_differs(
     conf.write_text(conf.read_text().replace("limit = 16", "limit = 8"))
     assert "already up" in zramfs_cmd("start", "--config", conf).stdout
     zramfs_cmd("stop", "--config", conf)
+
+
+def test_start_again_with_a_changed_swap_priority_says_so(boot: Resources, tmp_path: Path) -> None:
+    require("mkswap", "swapon", "swapoff", "blkid")
+    conf, mnt = write_config(tmp_path, "[zram0]\nzram-size = 32\nswap-priority = 42\n")
+    zramfs_cmd("start", "--config", conf)
+    (swap_dev,) = images_holders(mnt)
+    conf.write_text(conf.read_text().replace("= 42", "= 43"))
+    res = zramfs_cmd("start", "--config", conf, check=False)
+    assert res.returncode == 1, res.stdout
+    assert f"{conf}:6: swap-priority='43'" in res.stderr and "zramfs stop" in res.stderr, \
+        res.stderr
+    assert swap_priority(swap_dev) == 42  # untouched, still up
+    zramfs_cmd("stop", "--config", conf)

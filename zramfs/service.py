@@ -211,8 +211,22 @@ def _needs_format(d: DeviceConfig, loop: str, wanted: str) -> bool:
                      "nothing is formatted over it; run zramfs stop first to reset it")
 
 
+def swap_priority(dev: str) -> int | None:
+    """The priority /proc/swaps shows for an active swap, None if it is not one."""
+    with open("/proc/swaps") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields and fields[0] == dev:
+                return int(fields[4])
+    return None
+
+
 def bring_up_swap(d: DeviceConfig, loop: str, steps: Steps) -> None:
     if loop in active_swaps():
+        running = swap_priority(loop)
+        if d.swap_priority >= 0 and running != d.swap_priority:  # -1: the kernel picks one
+            raise StartError(f"{d.where('swap-priority')}{d.name} ({loop}) is swap with "
+                             f"priority {running}: run zramfs stop first")
         return
     if _needs_format(d, loop, "swap"):
         run(["mkswap", "-L", f"zramfs-{d.name}", loop])

@@ -4,11 +4,14 @@ start: mount zramfs (enough devices, uninitialised) unless it is mounted, check 
 control file the configuration needs exists, then per device write its control files in the
 kernel's order, attach the image to a loop device (direct I/O), and bring up swap (mkswap,
 swapon --discard -p PRIO) or a filesystem (mkfs.TYPE, mount with the options).  Each step
-first looks whether it is already done, so a second run changes nothing.  Every step this
-run took is recorded with its undo; on a failure half-way they are undone in reverse order,
-so a failed start leaves the system as it found it.  stop: swapoff and umount everything
-backed by the mount's images, detach the loop devices, then unmount zramfs; if a swapoff
-fails (no memory to take the pages back) it stops there, with the daemon still serving.
+first looks whether it is already done, so a second run changes nothing; what runs
+otherwise than configured (the file was edited) is refused, not ignored, and a failure is
+reported at the file and line of the value behind it.  Every step this run took is recorded
+with its undo; on a failure half-way they are undone in reverse order, so a failed start
+leaves the system as it found it.  stop: refuse, changing nothing, while a process uses one
+of the filesystems; then swapoff and umount everything backed by the mount's images, detach
+the loop devices, then unmount zramfs; if a swapoff fails (no memory to take the pages back)
+it stops there, with the daemon still serving.
 """
 
 from __future__ import annotations

@@ -515,6 +515,8 @@ def test_recomp_algorithm_reads_one_line_per_priority(zramfs: ZramfsFactory) -> 
         ("algo priority=1", errno.EINVAL),  # a parameter without a value
         ("algo= priority=1", errno.EINVAL),
         ("\n", errno.EINVAL),
+        ("algo=" + "z" * 128, errno.E2BIG),  # a name may be at most 127 bytes
+        ("algo=" + "z" * 127, errno.EINVAL),  # short enough, but unknown
     ],
 )
 def test_recomp_algorithm_bad_input_changes_nothing(

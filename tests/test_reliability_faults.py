@@ -397,7 +397,7 @@ def test_fio_verify(registry: Resources, tmp_path: Path, devices: int) -> None:
 EXPECTED: dict[str, set[int]] = {
     "disksize": {0, errno.EINVAL, errno.EBUSY, errno.ENOMEM},
     "reset": {0, errno.EINVAL, errno.EBUSY, errno.ERANGE},
-    "comp_algorithm": {0, errno.EINVAL, errno.EBUSY},
+    "comp_algorithm": {0, errno.EINVAL, errno.EBUSY, errno.E2BIG},
     "algorithm_params": {0, errno.EINVAL, errno.EBUSY},
     "mem_limit": {0, errno.EINVAL, errno.ERANGE},
     "mem_used_max": {0, errno.EINVAL, errno.ERANGE},

@@ -6,8 +6,9 @@ synchronous, for the rare partial rewrite of a written-back page). FileBacking s
 regular file (kept sparse: a discarded block becomes a hole, FALLOC_FL_PUNCH_HOLE) or a block
 device (BLKDISCARD), opened with O_DIRECT where the filesystem allows it so that no copy of
 the pages lands in the page cache; its buffers are page-aligned mmaps, as O_DIRECT needs.
-MemoryBacking is the in-memory stand-in for property tests, with injectable read and write
-failures. open_backing() is what the backing_dev control file calls.
+Both satisfy zramfs.device.BackingStore, the interface the pure core states. MemoryBacking
+is the in-memory stand-in for property tests, with injectable read and write failures.
+open_backing() is what the backing_dev control file calls.
 """
 
 from __future__ import annotations
@@ -21,32 +22,14 @@ import struct
 import threading
 from collections.abc import Callable
 from fcntl import ioctl
-from typing import Protocol
 
-__all__ = ["BLOCK_SIZE", "Backing", "FileBacking", "MemoryBacking", "open_backing"]
+__all__ = ["BLOCK_SIZE", "FileBacking", "MemoryBacking", "open_backing"]
 
 BLOCK_SIZE = 4096
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLKDISCARD = 0x1277
 _BLKGETSIZE64 = 0x80081272
-
-
-class Backing(Protocol):
-    """What the tier needs of a backing store."""
-
-    path: str
-    nblocks: int
-
-    def read_block(self, block: int) -> bytes: ...
-
-    def read_blocks(self, blocks: list[int]) -> list[bytes | OSError]: ...
-
-    def write_blocks(self, blocks: list[int], data: list[bytes]) -> set[int]: ...
-
-    def discard_blocks(self, blocks: list[int]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class MemoryBacking:

@@ -32,7 +32,12 @@ $(BIN)/zramfs: pyproject.toml setup.py zramfs/_fallocate.c zramfs/_pagecodec.c |
 
 venv: deps $(BIN)/zramfs
 
+# `make run` also puts `zramfs` on root's PATH (/usr/local/bin/zramfs -> this .venv), as the
+# README's commands assume, unless a file that is not a link is already there.
 run: venv
+	@if [ ! -e /usr/local/bin/zramfs ] || [ -L /usr/local/bin/zramfs ]; then \
+	    ln -sfn $(abspath $(BIN))/zramfs /usr/local/bin/zramfs; \
+	fi
 	@if grep -q " $(MOUNTPOINT) fuse.zramfs " /proc/mounts; then \
 	    echo "zramfs is already mounted at $(MOUNTPOINT)"; \
 	else \
@@ -44,7 +49,8 @@ run: venv
 	@echo "  swap:        dev=\$$(losetup -f --show --direct-io=on $(MOUNTPOINT)/zram0/image); mkswap \$$dev; swapon --discard \$$dev"
 	@echo "  filesystem:  dev=\$$(losetup -f --show --direct-io=on $(MOUNTPOINT)/zram0/image); mkfs.ext4 \$$dev; mount -o discard \$$dev /mnt/somewhere"
 	@echo "  statistics:  cat $(MOUNTPOINT)/zram0/stats"
-	@echo "  stop:        $(BIN)/zramfs umount $(MOUNTPOINT)"
+	@echo "  stop:        zramfs umount $(MOUNTPOINT)"
+	@echo "  at boot:     write /etc/zramfs/zramfs.conf, then zramfs start (README: From boot to swap)"
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -163,8 +163,8 @@ def test_embedded_nul_ends_the_written_text() -> None:
     assert d.algorithm == "zstd"
     d.write_attr("algorithm_params", b"level=3\0level=99")
     assert d.params["zstd"].level == 3
-    refused(errno.EINVAL, d.write_attr, "algorithm_params", b"level=99\0level=3")
-    assert d.params["zstd"].level == 3
+    d.write_attr("algorithm_params", b"level=99\0level=3")
+    assert d.params["zstd"].level == 99  # "level=3" after the NUL is not part of the write
 
 
 @pytest.mark.parametrize(
@@ -185,6 +185,107 @@ def test_comp_algorithm_refuses_a_long_name_like_the_kernel(text: bytes, err: in
     assert d.algorithm == "lz4"
     d.write_attr("disksize", b"1M")
     refused(err, d.write_attr, "comp_algorithm", text)  # before EBUSY, as the kernel
+
+
+# -- algorithm_params parsed as the kernel's algorithm_params_store() (Linux 6.18) ---------
+
+
+@pytest.mark.parametrize(
+    ("algo", "text", "level"),
+    [
+        # backend_lz4.c: the level is LZ4_compress_fast's acceleration factor
+        ("lz4", b"level=8", 8),
+        ("lz4", b"level=0", 1),  # below 1: LZ4's default acceleration
+        ("lz4hc", b"level=13", 12),  # LZ4_compress_HC caps the level
+        ("zstd", b"level=99", 22),  # zstd_get_params() clamps to ZSTD_maxCLevel()
+        ("zstd", b"level=0", 3),
+        ("deflate", b"level=-1", 6),  # Z_DEFAULT_COMPRESSION
+        # unknown keys ignored, the last of a repeated key wins
+        ("zstd", b"level=5 bogus=1 level=7\n", 7),
+        ("zstd", b'"level=4" colour="dark blue"', 4),
+        ("zstd", b"  level=6  \n", 6),
+        # algo= naming the selected algorithm overrides priority=
+        ("zstd", b"priority=7 algo=zstd level=2", 2),
+    ],
+)
+def test_algorithm_params_accepted_as_the_kernel(algo: str, text: bytes, level: int) -> None:
+    d = ZramDevice(0)
+    d.write_attr("comp_algorithm", algo.encode())
+    d.write_attr("algorithm_params", text)
+    d.write_attr("disksize", b"1M")
+    assert d.store is not None and d.store.codec.level == level
+    page = b"zramfs " * 585 + b"z"
+    assert d.store.codec.decompress(d.store.codec.compress(page)) == page
+
+
+@pytest.mark.parametrize(
+    ("text", "err"),
+    [
+        (b"level", errno.EINVAL),  # no value: algorithm_params_store() refuses the token
+        (b"level=", errno.EINVAL),
+        (b"bogus", errno.EINVAL),
+        (b"level=3 dict", errno.EINVAL),
+        (b"level=abc", errno.EINVAL),  # kstrtoint
+        (b"level=2147483648", errno.ERANGE),  # kstrtoint: outside a C int
+        (b"priority=99999999999", errno.ERANGE),
+        (b"algo=zstd", errno.EINVAL),  # not selected at any priority
+        (b"algo=lzo", errno.EINVAL),
+        (b"priority=4", errno.EINVAL),  # past ZRAM_MAX_COMPS - 1
+        (b"priority=-1", errno.EINVAL),
+        (b"priority=2", errno.EINVAL),  # no recompression algorithm there
+    ],
+)
+def test_algorithm_params_refused_as_the_kernel(text: bytes, err: int) -> None:
+    d = ZramDevice(0)
+    d.write_attr("algorithm_params", b"level=9")
+    refused(err, d.write_attr, "algorithm_params", text)
+    assert d.params["lz4"].level == 9  # a refused write changes nothing
+
+
+def test_each_algorithm_params_write_replaces_the_last() -> None:
+    # comp_params_store() resets the algorithm's parameters before taking the new ones:
+    # a write without level= (even one of unknown keys only, or an empty one) is level unset.
+    d = ZramDevice(0)
+    d.write_attr("comp_algorithm", b"lz4hc")
+    d.write_attr("algorithm_params", b"level=3")
+    d.write_attr("algorithm_params", b"bogus=1")
+    d.write_attr("disksize", b"1M")
+    assert d.store is not None and d.store.codec.level == 9
+
+
+def test_algorithm_params_for_a_recompression_algorithm_by_algo_or_priority() -> None:
+    d = ZramDevice(0)
+    d.write_attr("recomp_algorithm", b"algo=zstd priority=2")
+    d.write_attr("algorithm_params", b"algo=zstd level=9 priority=0")  # algo= decides
+    assert d.recomp_params[2].level == 9 and d.params == {}
+    d.write_attr("algorithm_params", b"priority=2 level=1")
+    assert d.recomp_params[2].level == 1 and d._recomp_codec(2).level == 1
+    d.write_attr("disksize", b"1M")
+    assert d.store is not None
+
+
+@pytest.mark.parametrize(
+    "text", [b"level=10", b"level=-2", b"deflate.winbits=16", b"deflate.winbits=8"]
+)
+def test_a_bad_deflate_level_fails_disksize_not_the_write(text: bytes) -> None:
+    # The kernel stores any level; backend_deflate.c's zlib_deflateInit2() refuses it when
+    # disksize creates the compression streams, and disksize answers EINVAL.
+    d = ZramDevice(0)
+    d.write_attr("comp_algorithm", b"deflate")
+    d.write_attr("algorithm_params", text)
+    refused(errno.EINVAL, d.write_attr, "disksize", b"1M")
+    assert d.store is None and d.read_attr("initstate") == b"0\n"
+    d.write_attr("algorithm_params", b"level=9 deflate.winbits=9")  # fixed: it initialises
+    d.write_attr("disksize", b"1M")
+    assert d.store is not None and d.store.codec.level == 9
+
+
+def test_a_bad_recompression_level_fails_disksize() -> None:
+    d = ZramDevice(0)
+    d.write_attr("recomp_algorithm", b"algo=deflate priority=1")
+    d.write_attr("algorithm_params", b"algo=deflate level=12")
+    refused(errno.EINVAL, d.write_attr, "disksize", b"1M")
+    assert d.store is None
 
 
 # -- algorithm_params with a dictionary: prepare, read (shell), apply -------------------------

@@ -210,8 +210,8 @@ def test_algorithm_params(zramfs: ZramfsFactory, tmp_path: Path) -> None:
         assert_errno(m.write("algorithm_params", good), 0, f"algorithm_params <- {good!r}")
     for bad in (
         "level=\n",
+        "level\n",
         "level=abc\n",
-        "algo=zstd level=99\n",
         f"algo=zstd dict={tmp_path / 'missing.dict'}\n",
         "algo=nosuch level=1\n",
         "algo=\n",
@@ -224,6 +224,36 @@ def test_algorithm_params(zramfs: ZramfsFactory, tmp_path: Path) -> None:
     m.pwrite(data, 0)
     assert m.pread(len(data), 0) == data
     assert 0 < m.mm_stat().compr_data_size < len(data)
+
+
+def test_algorithm_params_parse_as_the_kernel(zramfs: ZramfsFactory) -> None:
+    # Linux 6.18's algorithm_params_store() (zram_drv.c), checked on the kernel's own zram:
+    # lz4 takes level= (backend_lz4.c's LZ4 acceleration factor), an unknown key is
+    # ignored, the last of a repeated key wins, a number outside a C int is ERANGE.
+    m = zramfs(size="0")
+    for good in ("level=8", "level=1 level=8 colour=red\n", '  "level=8"  ', "level=8 bogus=1"):
+        assert_errno(m.write("algorithm_params", good), 0, f"algorithm_params <- {good!r}")
+    assert_errno(m.write("algorithm_params", "level=2147483648"), errno.ERANGE, "level=2**31")
+    assert_errno(m.write("algorithm_params", "algo=zstd"), errno.EINVAL, "zstd not selected")
+    assert_errno(m.write("algorithm_params", "priority=4"), errno.EINVAL, "priority=4")
+    m.set("disksize", "16M")
+    data = text_bytes(256 * 1024, seed=6)
+    m.pwrite(data, 0)
+    assert m.pread(len(data), 0) == data
+    assert 0 < m.mm_stat().compr_data_size < len(data)
+
+
+def test_a_bad_deflate_level_fails_disksize(zramfs: ZramfsFactory) -> None:
+    # The kernel takes level=10 for deflate; zlib_deflateInit2 refuses it when disksize
+    # creates the compression streams, so disksize answers EINVAL and nothing initialises.
+    m = zramfs(size="0")
+    m.set("comp_algorithm", "deflate")
+    m.set("algorithm_params", "level=10")
+    assert_errno(m.write("disksize", "16M"), errno.EINVAL, "disksize with deflate level=10")
+    assert m.read("initstate") == "0\n"
+    m.set("algorithm_params", "level=9")
+    m.set("disksize", "16M")
+    assert m.read("initstate") == "1\n"
 
 
 # -- mem_limit / mem_used_max / compact / idle -------------------------------------------

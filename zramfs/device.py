@@ -22,8 +22,10 @@ from .codecs import (
     AlgorithmParams,
     Codec,
     CodecError,
+    ParamRangeError,
     make_codec,
     parse_algorithm_params,
+    split_args,
 )
 from .pagestore import (
     MAX_PRIORITY,
@@ -389,6 +391,7 @@ class ZramDevice:
                 level=p.level,
                 dict_path=p.dict_path,
                 dictionary=self.dictionaries.get(algorithm),
+                winbits=p.winbits,
             )
         except CodecError as exc:
             raise ControlError(errno.EINVAL, str(exc)) from None
@@ -466,88 +469,59 @@ class ZramDevice:
     def _parse_algorithm_params(self, text: str) -> AlgorithmParams:
         try:
             params = parse_algorithm_params(text)
+        except ParamRangeError as exc:
+            raise ControlError(errno.ERANGE, str(exc)) from None
         except CodecError as exc:
             raise ControlError(errno.EINVAL, str(exc)) from None
         prio = self._params_priority(params)
-        if prio:
-            # Parameters of a recompression algorithm (priority=N, or algo= naming one).
-            if prio not in self.recomp:
-                raise ControlError(errno.EINVAL, f"no recompression algorithm at priority {prio}")
-            if params.algo is not None and params.algo != self.recomp[prio]:
-                raise ControlError(
-                    errno.EINVAL, f"priority {prio} uses {self.recomp[prio]}, not {params.algo}"
-                )
-            self._require_uninitialised("algorithm_params")
-            return params
-        algo = params.algo or self.algorithm
-        if algo != self.algorithm:
-            # As the kernel: algo= names the algorithm a priority already uses, so select
-            # it through comp_algorithm first.
-            raise ControlError(
-                errno.EINVAL, f"algo={algo} is not the selected algorithm ({self.algorithm})"
-            )
+        if prio and prio not in self.recomp:
+            raise ControlError(errno.EINVAL, f"no recompression algorithm at priority {prio}")
         self._require_uninitialised("algorithm_params")
         return params
 
     def apply_algorithm_params(self, params: AlgorithmParams, dictionary: bytes | None) -> None:
-        """Check ``params`` (from prepare_algorithm_params, with ``dictionary`` the bytes of
-        its dict= file) against the device as it is now, and take them."""
+        """Take ``params`` (from prepare_algorithm_params, with ``dictionary`` the bytes of
+        its dict= file) for the algorithm they name, replacing that algorithm's earlier
+        parameters. As the kernel's algorithm_params_store(), the level is not checked
+        here: make_codec checks it when disksize initialises the device."""
         if self.removed:
             raise ControlError(errno.ENODEV, f"{self.name} was removed")
-        prio = self._params_priority(params)
+        prio = self._params_priority(params)  # again: comp/recomp_algorithm may have changed
+        self._require_uninitialised("algorithm_params")
+        if params.dict_path is not None and dictionary is None:
+            raise ControlError(errno.EINVAL, f"dictionary {params.dict_path!r} was not read")
         if prio:
-            self._require_uninitialised("algorithm_params")
-            if prio not in self.recomp:  # recomp_algorithm changed while the file was read
+            if prio not in self.recomp:
                 raise ControlError(errno.EINVAL, f"no recompression algorithm at priority {prio}")
-            if params.dict_path is not None and dictionary is None:
-                raise ControlError(errno.EINVAL, f"dictionary {params.dict_path!r} was not read")
-            try:
-                make_codec(
-                    self.recomp[prio],
-                    level=params.level,
-                    dict_path=params.dict_path,
-                    dictionary=dictionary,
-                )
-            except CodecError as exc:
-                raise ControlError(errno.EINVAL, str(exc)) from None
             self.recomp_params[prio] = params
             if dictionary is None:
                 self.recomp_dictionaries.pop(prio, None)
             else:
                 self.recomp_dictionaries[prio] = dictionary
             return
-        algo = params.algo or self.algorithm
-        if algo != self.algorithm:  # comp_algorithm changed while the file was read
-            raise ControlError(
-                errno.EINVAL, f"algo={algo} is not the selected algorithm ({self.algorithm})"
-            )
-        self._require_uninitialised("algorithm_params")
-        if params.dict_path is not None and dictionary is None:
-            raise ControlError(errno.EINVAL, f"dictionary {params.dict_path!r} was not read")
-        try:  # validate now (level range, dictionary usable), not at disksize time
-            make_codec(algo, level=params.level, dict_path=params.dict_path, dictionary=dictionary)
-        except CodecError as exc:
-            raise ControlError(errno.EINVAL, str(exc)) from None
-        self.params[algo] = params
+        self.params[self.algorithm] = params
         if dictionary is None:
-            self.dictionaries.pop(algo, None)
+            self.dictionaries.pop(self.algorithm, None)
         else:
-            self.dictionaries[algo] = dictionary
+            self.dictionaries[self.algorithm] = dictionary
 
     def _params_priority(self, params: AlgorithmParams) -> int:
-        """Which algorithm an algorithm_params write is for: priority=N (0 the primary,
-        1..3 recompression), else the priority whose algorithm algo= names (primary first)."""
-        if params.priority is not None:
-            if params.priority > MAX_PRIORITY:
-                raise ControlError(
-                    errno.EINVAL, f"priority {params.priority} is over {MAX_PRIORITY}"
-                )
-            return params.priority
-        if params.algo is not None and params.algo != self.algorithm:
+        """Which algorithm an algorithm_params write is for, as algorithm_params_store():
+        algo= names one selected at some priority (the primary first; it overrides any
+        priority=), else priority=N (0, the primary, when absent) within 0..MAX_PRIORITY."""
+        if params.algo is not None:
+            if params.algo == self.algorithm:
+                return 0
             for prio in sorted(self.recomp):
                 if self.recomp[prio] == params.algo:
                     return prio
-        return 0
+            raise ControlError(
+                errno.EINVAL, f"algo={params.algo} is not selected at any priority"
+            )
+        prio = 0 if params.priority is None else params.priority
+        if not 0 <= prio <= MAX_PRIORITY:
+            raise ControlError(errno.EINVAL, f"priority {prio} is not in 0..{MAX_PRIORITY}")
+        return prio
 
     def _store_mem_limit(self, text: str) -> None:
         value, used = _memparse(text)
@@ -722,6 +696,7 @@ class ZramDevice:
                 level=p.level,
                 dict_path=p.dict_path,
                 dictionary=self.recomp_dictionaries.get(prio),
+                winbits=p.winbits,
             )
         except CodecError as exc:
             raise ControlError(errno.EINVAL, str(exc)) from None
@@ -831,12 +806,9 @@ class ZramDevice:
 
 
 def _args(text: str) -> list[tuple[str, str | None]]:
-    """Split ``key=value`` words as the kernel's next_arg: a word without '=' has no value."""
-    out: list[tuple[str, str | None]] = []
-    for word in text.split():
-        key, sep, val = word.partition("=")
-        out.append((key, val.strip('"') if sep else None))
-    return out
+    """Split ``key=value`` words as the kernel's next_arg (codecs.split_args, which also
+    cuts algorithm_params): a word without '=' has no value; double quotes group."""
+    return split_args(text)
 
 
 def _writeback_mode(name: str) -> int:

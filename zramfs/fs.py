@@ -101,6 +101,23 @@ CONTROL_FILE_SIZE = 4096
 # measured").  zstd compression (~6-19 us/page) stays threaded.  Small requests are always
 # inline.
 THREAD_THRESHOLD = 128 * 1024
+# ZRAMFS_BATCH_THREADS=1 in the daemon's environment sends large requests of a codec with a
+# GIL-free batch path (Codec.batch_nogil: lz4 without a dictionary) to worker threads too;
+# unset or 0, they stay inline.  Re-measured 2026-11-28 05:14-05:18 (2 vCPUs next to a
+# kernel build; 3 of 4 sets with the daemon and fio at nice -20, idle 0-36 %; fio 1 MiB QD8
+# over a dio loop device, 1 GiB, 14 interleaved rounds), MiB/s inline against threaded:
+#   write 425-692 against 378-569, read 517-897 against 459-804: inline ahead in 27 of 28
+#   pairs; trio thread ms/MiB write 1.21-1.47 against 1.21-1.56 (the hand-off through
+#   trio's epoll and wake-up costs what the moved compression saved), read 1.02-1.13
+#   against 0.63-0.86, the daemon in all 1.02-1.47 against 1.24-2.06.
+# So inline is the default on any CPU count (benchmarks/README.md, "Threads, re-measured").
+BATCH_THREADS_ENV = "ZRAMFS_BATCH_THREADS"
+
+
+def batch_threads_policy() -> bool:
+    """Whether large requests of a batch_nogil codec (de)compress on worker threads: only
+    when ZRAMFS_BATCH_THREADS=1 (for measuring on other machines; see the figures above)."""
+    return os.environ.get(BATCH_THREADS_ENV, "") == "1"
 # How long reading a dictionary file named in algorithm_params may take before the write
 # answers ETIMEDOUT (the read runs on a worker thread; the event loop never waits for it).
 DICTIONARY_TIMEOUT_S = 10.0
@@ -169,6 +186,7 @@ class ZramOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._limiter = trio.CapacityLimiter(threads)
+        self._batch_threads = batch_threads_policy()
         # The writeback tier: backing I/O, automatic writeback, policy, compaction. The
         # daemon runs self.tier.run() in its nursery.
         self.tier = TierService(table, io_threads=threads)
@@ -390,7 +408,10 @@ class ZramOperations(pyfuse3.Operations):
                 size = disksize - off
             if store.bd_count:  # pages on the backing store are read on a worker thread
                 return await self.tier.read(device, store, off, size)
-            if size < THREAD_THRESHOLD or not store.codec.slow_decompress:
+            codec = store.codec
+            if size < THREAD_THRESHOLD or not (
+                codec.slow_decompress or (self._batch_threads and codec.batch_nogil)
+            ):
                 return store.read(off, size)
             pending = store.fetch(off, size)
             return await trio.to_thread.run_sync(store.finish_read, pending, limiter=self._limiter)
@@ -435,7 +456,10 @@ class ZramOperations(pyfuse3.Operations):
             try:
                 if (
                     len(data) < THREAD_THRESHOLD
-                    or not store.codec.slow_compress
+                    or not (
+                        store.codec.slow_compress
+                        or (self._batch_threads and store.codec.batch_nogil)
+                    )
                     or store.near_limit  # page by page: a refusal compresses one page
                 ):
                     store.write(off, data)

@@ -109,3 +109,38 @@ def test_swap_on_a_loop_device(registry: Resources) -> None:
     assert int(entry[2]) == 256 * 1024 - 4  # KiB, the header page excluded
     registry.swapoff(dev)
     assert dev not in active_swaps()
+
+
+def test_large_requests_on_worker_threads(
+    registry: Resources, tmp_path: Path, source_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZRAMFS_BATCH_THREADS=1 (lz4's large requests compressed and decompressed on worker
+    threads, several in flight): what goes in comes back, through 1 MiB writes of the image
+    itself and through ext4 on a loop device."""
+    require("mkfs.ext4", "e2fsck")
+    monkeypatch.setenv("ZRAMFS_BATCH_THREADS", "1")  # the daemon inherits it
+    m = registry.mount_zramfs(size="128M")
+    chunks = [text_bytes(MiB, seed=7), bytes(MiB), os.urandom(MiB), text_bytes(MiB, seed=8)]
+    data = b"".join(chunks) * 2
+    with open(m.image(), "r+b", buffering=0) as f:  # direct_io: one request per write
+        for pos in range(0, len(data), MiB):
+            assert f.write(data[pos : pos + MiB]) == MiB
+        f.seek(0)
+        back = b"".join(f.read(MiB) for _ in range(len(data) // MiB))
+    assert back == data
+    stored = m.mm_stat()
+    assert stored.orig_data_size == len(data), stored
+    assert stored.same_pages == 2 * MiB // 4096, stored  # the zero MiB, twice
+
+    expected = checksums(source_tree)
+    dev = registry.loop(m.image())
+    run("mkfs.ext4", "-q", "-F", dev)
+    target = registry.mount(dev, tmp_path / "fs")
+    shutil.copytree(source_tree, target / "tree")
+    registry.umount(target)
+    registry.detach(dev)
+    dev = registry.loop(m.image())
+    res = run("e2fsck", "-f", "-n", dev, check=False)
+    assert res.returncode == 0, f"e2fsck {dev}:\n{res.stdout}{res.stderr}"
+    target = registry.mount(dev, tmp_path / "fs")
+    assert checksums(target / "tree") == expected

@@ -138,9 +138,9 @@ class SwapDevice:
         return [int(x) for x in self.read(name).split() if x.lstrip("-").isdigit()]
 
 
-def _swapon(stack: ExitStack, dev: str) -> None:
+def _swapon(stack: ExitStack, dev: str, discard: bool = False) -> None:
     run(["mkswap", "-f", dev], timeout=120)
-    run(["swapon", "-p", SWAP_PRIORITY, dev], timeout=120)
+    run(["swapon", "-p", SWAP_PRIORITY, *(["--discard"] if discard else []), dev], timeout=120)
     stack.callback(release, f"swapoff {dev}", lambda: run(["swapoff", dev], timeout=1800), 5)
 
 
@@ -210,11 +210,16 @@ def zramfs_device(size: int, mem_limit: int, backing: Path | str | None,
 @contextmanager
 def zramfs_swap(size: int, mem_limit: int, backing: Path | str | None,
                 algorithm: str = "lz4",
-                extra_files: dict[str, str] | None = None) -> Iterator[SwapDevice]:
+                extra_files: dict[str, str] | None = None,
+                discard: bool = False) -> Iterator[SwapDevice]:
+    """zramfs_device() swapped on; with `discard`, `swapon --discard` (freed swap slots reach
+    zramfs as discards, as the README's swap set-up does; the kernel's zram learns of freed
+    slots without it)."""
     with ExitStack() as stack:
         swap = stack.enter_context(zramfs_device(size, mem_limit, backing, algorithm,
                                                  extra_files))
-        _swapon(stack, swap.dev)
+        _swapon(stack, swap.dev, discard)
+        swap.extra["swapon_discard"] = discard
         yield swap
 
 

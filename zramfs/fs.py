@@ -110,7 +110,11 @@ THREAD_THRESHOLD = 128 * 1024
 #   pairs; trio thread ms/MiB write 1.21-1.47 against 1.21-1.56 (the hand-off through
 #   trio's epoll and wake-up costs what the moved compression saved), read 1.02-1.13
 #   against 0.63-0.86, the daemon in all 1.02-1.47 against 1.24-2.06.
-# So inline is the default on any CPU count (benchmarks/README.md, "Threads, re-measured").
+# In idle windows (05:22-05:27, 40-53 % idle): write 713-817 against 506-589, read 866-953
+#   against 830-909; threaded reads with sys.setswitchinterval(0.2 ms) 858-1032 against
+#   inline's 866-986 in the same windows (+19, +14, +9, -9, -13 % in 5 pairs; -15 to -27 %
+#   once the machine was busy again).
+# So inline is the default on any CPU count (benchmarks/README.md, "Threads re-measured").
 BATCH_THREADS_ENV = "ZRAMFS_BATCH_THREADS"
 
 

@@ -183,7 +183,13 @@ def configure_device(config: Config, d: DeviceConfig, steps: Steps) -> None:
         try:
             write_control(os.path.join(directory, name), value)
         except StartError as exc:  # the daemon refused the value: name the line that set it
-            raise StartError(f"{d.where(name)}{exc}") from None
+            message = f"{d.where(name)}{exc}"
+            algorithm = d.where("comp_algorithm")
+            if name == "disksize" and algorithm:
+                # As in the kernel, writing disksize builds the compressors, so a level the
+                # algorithm refuses (deflate's outside -1..9) fails here, not where it was set.
+                message += f"\n  disksize builds the compressors: check {algorithm.rstrip(': ')}"
+            raise StartError(message) from None
 
 
 def holder_of(image: str) -> Holder | None:

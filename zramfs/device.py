@@ -167,6 +167,25 @@ def _memparse(text: str) -> tuple[int, int]:
     return value, used
 
 
+def _build_codec(
+    algorithm: str, params: AlgorithmParams | None, dictionary: bytes | None
+) -> Codec:
+    """The codec for ``algorithm`` with its stored algorithm_params; a refusal is EINVAL,
+    as the kernel's disksize answers when a backend cannot be set up with them."""
+    try:
+        if params is None:
+            return make_codec(algorithm)
+        return make_codec(
+            algorithm,
+            level=params.level,
+            dict_path=params.dict_path,
+            dictionary=dictionary,
+            winbits=params.winbits,
+        )
+    except CodecError as exc:
+        raise ControlError(errno.EINVAL, str(exc)) from None
+
+
 class ZramDevice:
     """One zram device: the attributes of /sys/block/zramN over an optional PageStore."""
 
@@ -382,19 +401,9 @@ class ZramDevice:
         return self.store
 
     def _codec(self, algorithm: str) -> Codec:
-        p = self.params.get(algorithm)
-        try:
-            if p is None:
-                return make_codec(algorithm)
-            return make_codec(
-                algorithm,
-                level=p.level,
-                dict_path=p.dict_path,
-                dictionary=self.dictionaries.get(algorithm),
-                winbits=p.winbits,
-            )
-        except CodecError as exc:
-            raise ControlError(errno.EINVAL, str(exc)) from None
+        return _build_codec(
+            algorithm, self.params.get(algorithm), self.dictionaries.get(algorithm)
+        )
 
     def _store_disksize(self, text: str) -> None:
         # As disksize_store(): memparse, then 0 (which is also "nothing parsed") is EINVAL,
@@ -688,18 +697,9 @@ class ZramDevice:
     def _recomp_codec(self, prio: int) -> Codec:
         algorithm = self.recomp[prio]
         p = self.recomp_params.get(prio)
-        try:
-            if p is None or (p.algo is not None and p.algo != algorithm):
-                return make_codec(algorithm)
-            return make_codec(
-                algorithm,
-                level=p.level,
-                dict_path=p.dict_path,
-                dictionary=self.recomp_dictionaries.get(prio),
-                winbits=p.winbits,
-            )
-        except CodecError as exc:
-            raise ControlError(errno.EINVAL, str(exc)) from None
+        if p is not None and p.algo is not None and p.algo != algorithm:
+            p = None  # parameters given for another algorithm at this priority
+        return _build_codec(algorithm, p, self.recomp_dictionaries.get(prio))
 
     def parse_recompress(self, data: bytes) -> RecompressRequest:
         """Validate a write to `recompress` as recompress_store() does (the shell runs it

@@ -73,24 +73,13 @@ def _check(path: str, st: os.stat_result, forbidden: frozenset[int]) -> None:
         )
 
 
-def read_dictionary(path: str, forbidden: frozenset[int] | None = None) -> bytes:
-    """The bytes of the dictionary file ``path``, or ControlError (see the module docstring).
-
-    ``forbidden`` is the set of st_dev values a dictionary may not live on (default: every
-    fuse.zramfs mount). Blocking: call it from a worker thread, never the event loop."""
-    if forbidden is None:
-        forbidden = zramfs_devices()
+def _read_accepted(path: str, forbidden: frozenset[int]) -> bytes:
+    """Up to MAX_DICT_SIZE + 1 bytes of ``path``, checked before the open and again on the
+    descriptor (the file opened is still one we accept); OSError passes through."""
+    _check(path, os.stat(path), forbidden)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        _check(path, os.stat(path), forbidden)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except ControlError:
-        raise
-    except OSError as exc:
-        raise ControlError(
-            errno.EINVAL, f"cannot read dictionary {path!r}: {exc.strerror or exc}"
-        ) from None
-    try:
-        _check(path, os.fstat(fd), forbidden)  # the file opened is still one we accept
+        _check(path, os.fstat(fd), forbidden)
         chunks = []
         left = MAX_DICT_SIZE + 1
         while left > 0:
@@ -99,15 +88,26 @@ def read_dictionary(path: str, forbidden: frozenset[int] | None = None) -> bytes
                 break
             chunks.append(chunk)
             left -= len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def read_dictionary(path: str, forbidden: frozenset[int] | None = None) -> bytes:
+    """The bytes of the dictionary file ``path``, or ControlError (see the module docstring).
+
+    ``forbidden`` is the set of st_dev values a dictionary may not live on (default: every
+    fuse.zramfs mount). Blocking: call it from a worker thread, never the event loop."""
+    if forbidden is None:
+        forbidden = zramfs_devices()
+    try:
+        data = _read_accepted(path, forbidden)
     except ControlError:
         raise
     except OSError as exc:
         raise ControlError(
             errno.EINVAL, f"cannot read dictionary {path!r}: {exc.strerror or exc}"
         ) from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
     if not data:
         raise ControlError(errno.EINVAL, f"dictionary {path!r} is empty")
     if len(data) > MAX_DICT_SIZE:
